@@ -1,0 +1,588 @@
+//! Thin typed wrappers over containerd-client: every call carries the
+//! namespace (and the lease, when one is given), errors are typed.
+//!
+//! The channel is lazy and reconnects by itself: while containerd is down every
+//! call fails with `ContainerdError::Unavailable`, and the first call after it
+//! comes back succeeds without any action from us.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use containerd_client::services::v1 as api;
+use containerd_client::services::v1::snapshots as snap;
+use containerd_client::types::{Descriptor, Mount};
+use futures::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+pub use api::Image as ImageRecord;
+pub use containerd_client::types::Envelope;
+
+pub mod labels {
+    pub const CRI_MANAGED: &str = "io.cri-containerd.image";
+    pub const CRI_MANAGED_VALUE: &str = "managed";
+    pub const CRI_PINNED: &str = "io.cri-containerd.pinned";
+    pub const CRI_PINNED_VALUE: &str = "pinned";
+    pub const GC_EXPIRE: &str = "containerd.io/gc.expire";
+    pub const GC_FLAT: &str = "containerd.io/gc.flat";
+    pub const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+    pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+    pub const DISTRIBUTION_SOURCE_PREFIX: &str = "containerd.io/distribution.source.";
+    pub const GC_REF_CONTENT_CONFIG: &str = "containerd.io/gc.ref.content.config";
+    pub const GC_REF_CONTENT_LAYER_PREFIX: &str = "containerd.io/gc.ref.content.l.";
+    pub const GC_REF_CONTENT_MANIFEST_PREFIX: &str = "containerd.io/gc.ref.content.m.";
+    pub const GC_REF_SNAPSHOT_PREFIX: &str = "containerd.io/gc.ref.snapshot.";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("containerd is unavailable at {socket}: {message}")]
+    Unavailable { socket: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("containerd: {0}")]
+    NoSpace(String),
+    #[error("containerd: {0}")]
+    DigestMismatch(String),
+    #[error("containerd: {0}")]
+    Other(String),
+}
+
+impl ContainerdError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ContainerdError::NotFound(_))
+    }
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ContainerdError::Unavailable { .. })
+    }
+}
+
+/// Classify a containerd gRPC status. ENOSPC surfaces as Unknown/Internal with
+/// "no space left on device" in the message.
+fn classify(socket: &Path, s: Status) -> ContainerdError {
+    let msg = s.message().to_string();
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("no space left on device") || lower.contains("disk quota exceeded") {
+        return ContainerdError::NoSpace(msg);
+    }
+    match s.code() {
+        Code::Unavailable => ContainerdError::Unavailable {
+            socket: socket.display().to_string(),
+            message: if msg.is_empty() { "connection failed".into() } else { msg },
+        },
+        Code::NotFound => ContainerdError::NotFound(msg),
+        Code::AlreadyExists => ContainerdError::AlreadyExists(msg),
+        Code::FailedPrecondition | Code::InvalidArgument
+            if lower.contains("unexpected commit digest") || lower.contains("digest mismatch") =>
+        {
+            ContainerdError::DigestMismatch(msg)
+        }
+        Code::Unknown if lower.contains("transport") || lower.contains("connection") => {
+            ContainerdError::Unavailable {
+                socket: socket.display().to_string(),
+                message: msg,
+            }
+        }
+        _ => ContainerdError::Other(format!("{:?}: {msg}", s.code())),
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ContainerdError>;
+
+/// A handle on one containerd namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    socket: PathBuf,
+    namespace: String,
+}
+
+impl Containerd {
+    /// A lazily connecting client; never fails because containerd is down.
+    pub fn new(socket: impl Into<PathBuf>, namespace: impl Into<String>) -> Containerd {
+        let socket = socket.into();
+        let path = socket.clone();
+        let channel = Endpoint::from_static("http://[::]:50051")
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_keepalive(None)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }));
+        Containerd {
+            channel,
+            socket,
+            namespace: namespace.into(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn req<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
+        let mut r = Request::new(msg);
+        let md = r.metadata_mut();
+        if let Ok(v) = self.namespace.parse() {
+            md.insert("containerd-namespace", v);
+        }
+        if let Some(l) = lease {
+            if let Ok(v) = l.parse() {
+                md.insert("containerd-lease", v);
+            }
+        }
+        r
+    }
+
+    fn err(&self, s: Status) -> ContainerdError {
+        classify(&self.socket, s)
+    }
+
+    /// containerd's version; used as a health check.
+    pub async fn version(&self) -> Result<String> {
+        let mut c = api::version_client::VersionClient::new(self.channel.clone());
+        let r = c
+            .version(self.req((), None))
+            .await
+            .map_err(|s| self.err(s))?;
+        Ok(r.into_inner().version)
+    }
+
+    // ---- images ----
+
+    pub async fn list_images(&self) -> Result<Vec<ImageRecord>> {
+        let mut c = api::images_client::ImagesClient::new(self.channel.clone());
+        let r = c
+            .list(self.req(api::ListImagesRequest { filters: vec![] }, None))
+            .await
+            .map_err(|s| self.err(s))?;
+        Ok(r.into_inner().images)
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<Option<ImageRecord>> {
+        let mut c = api::images_client::ImagesClient::new(self.channel.clone());
+        match c
+            .get(self.req(api::GetImageRequest { name: name.into() }, None))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().image),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// Create the record, or update target and labels when it already exists
+    /// (containerd's CRI plugin may create the same record at the same moment).
+    pub async fn put_image(&self, image: ImageRecord, lease: Option<&str>) -> Result<()> {
+        let mut c = api::images_client::ImagesClient::new(self.channel.clone());
+        let created = c
+            .create(self.req(
+                api::CreateImageRequest {
+                    image: Some(image.clone()),
+                    source_date_epoch: None,
+                },
+                lease,
+            ))
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => {
+                let mut paths = vec!["target".to_string()];
+                paths.extend(image.labels.keys().map(|k| format!("labels.{k}")));
+                c.update(self.req(
+                    api::UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(prost_types::FieldMask { paths }),
+                        source_date_epoch: None,
+                    },
+                    lease,
+                ))
+                .await
+                .map_err(|s| self.err(s))?;
+                Ok(())
+            }
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// Delete a record; a record that is already gone is not an error.
+    pub async fn delete_image(&self, name: &str, sync: bool) -> Result<()> {
+        let mut c = api::images_client::ImagesClient::new(self.channel.clone());
+        match c
+            .delete(self.req(
+                api::DeleteImageRequest {
+                    name: name.into(),
+                    sync,
+                    target: None,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    // ---- events ----
+
+    /// Subscribe to the image events of our namespace.
+    pub async fn subscribe_images(
+        &self,
+    ) -> Result<impl Stream<Item = std::result::Result<Envelope, Status>>> {
+        let mut c = api::events_client::EventsClient::new(self.channel.clone());
+        let filter = format!(
+            "namespace=={},topic~=\"^/images/\"",
+            self.namespace
+        );
+        let r = c
+            .subscribe(Request::new(api::SubscribeRequest {
+                filters: vec![filter],
+            }))
+            .await
+            .map_err(|s| self.err(s))?;
+        Ok(r.into_inner())
+    }
+
+    // ---- content ----
+
+    pub async fn content_info(&self, digest: &str) -> Result<Option<api::Info>> {
+        let mut c = api::content_client::ContentClient::new(self.channel.clone());
+        match c
+            .info(self.req(
+                api::InfoRequest {
+                    digest: digest.into(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().info),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// Set labels on a blob (merging with what is there).
+    pub async fn label_content(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
+        let mut c = api::content_client::ContentClient::new(self.channel.clone());
+        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        c.update(self.req(
+            api::UpdateRequest {
+                info: Some(api::Info {
+                    digest: digest.into(),
+                    labels,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            },
+            None,
+        ))
+        .await
+        .map_err(|s| self.err(s))?;
+        Ok(())
+    }
+
+    /// Read a whole (small) blob, refusing anything larger than `max` bytes.
+    pub async fn read_blob(&self, digest: &str, max: u64) -> Result<Bytes> {
+        let info = self
+            .content_info(digest)
+            .await?
+            .ok_or_else(|| ContainerdError::NotFound(format!("content {digest} not found")))?;
+        if info.size as u64 > max {
+            return Err(ContainerdError::Other(format!(
+                "blob {digest} is {} bytes, more than the {max} allowed",
+                info.size
+            )));
+        }
+        let mut c = api::content_client::ContentClient::new(self.channel.clone());
+        let mut stream = c
+            .read(self.req(
+                api::ReadContentRequest {
+                    digest: digest.into(),
+                    offset: 0,
+                    size: 0,
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        let mut out = Vec::with_capacity(info.size.max(0) as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|s| self.err(s))?;
+            out.extend_from_slice(&chunk.data);
+            if out.len() as u64 > max {
+                return Err(ContainerdError::Other(format!("blob {digest} exceeds {max} bytes")));
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Status of an in-progress write (its committed offset), if any.
+    pub async fn write_status(&self, r#ref: &str) -> Result<Option<api::Status>> {
+        let mut c = api::content_client::ContentClient::new(self.channel.clone());
+        match c
+            .status(self.req(
+                api::StatusRequest {
+                    r#ref: r#ref.into(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().status),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    pub async fn abort_write(&self, r#ref: &str) -> Result<()> {
+        let mut c = api::content_client::ContentClient::new(self.channel.clone());
+        match c
+            .abort(self.req(
+                api::AbortRequest {
+                    r#ref: r#ref.into(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// Open a content writer: the caller streams `WriteContentRequest`s.
+    /// Returns the server's responses.
+    pub async fn write_stream(
+        &self,
+        requests: impl Stream<Item = api::WriteContentRequest> + Send + 'static,
+        lease: Option<&str>,
+    ) -> Result<tonic::Streaming<api::WriteContentResponse>> {
+        let mut c = api::content_client::ContentClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let r = c
+            .write(self.req(requests, lease))
+            .await
+            .map_err(|s| self.err(s))?;
+        Ok(r.into_inner())
+    }
+
+    pub fn map_status(&self, s: Status) -> ContainerdError {
+        self.err(s)
+    }
+
+    // ---- leases ----
+
+    pub async fn create_lease(&self, id: &str, expire: Duration) -> Result<()> {
+        let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
+        let when = std::time::SystemTime::now() + expire;
+        let rfc3339 = humantime::format_rfc3339_seconds(when).to_string();
+        let mut labels = HashMap::new();
+        labels.insert(labels::GC_EXPIRE.to_string(), rfc3339);
+        labels.insert(labels::GC_FLAT.to_string(), "true".to_string());
+        c.create(self.req(
+            api::CreateRequest {
+                id: id.into(),
+                labels,
+            },
+            None,
+        ))
+        .await
+        .map_err(|s| self.err(s))?;
+        Ok(())
+    }
+
+    pub async fn delete_lease(&self, id: &str) -> Result<()> {
+        let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
+        match c
+            .delete(self.req(
+                api::DeleteRequest {
+                    id: id.into(),
+                    sync: false,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    pub async fn list_leases(&self) -> Result<Vec<api::Lease>> {
+        let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
+        let r = c
+            .list(self.req(api::ListRequest { filters: vec![] }, None))
+            .await
+            .map_err(|s| self.err(s))?;
+        Ok(r.into_inner().leases)
+    }
+
+    // ---- snapshots ----
+
+    pub async fn snapshot_exists(&self, snapshotter: &str, key: &str) -> Result<bool> {
+        let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        match c
+            .stat(self.req(
+                snap::StatSnapshotRequest {
+                    snapshotter: snapshotter.into(),
+                    key: key.into(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    pub async fn prepare_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        lease: Option<&str>,
+    ) -> Result<Vec<Mount>> {
+        let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        let r = c
+            .prepare(self.req(
+                snap::PrepareSnapshotRequest {
+                    snapshotter: snapshotter.into(),
+                    key: key.into(),
+                    parent: parent.into(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            ))
+            .await
+            .map_err(|s| self.err(s))?;
+        Ok(r.into_inner().mounts)
+    }
+
+    pub async fn commit_snapshot(
+        &self,
+        snapshotter: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+        lease: Option<&str>,
+    ) -> Result<()> {
+        let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        c.commit(self.req(
+            snap::CommitSnapshotRequest {
+                snapshotter: snapshotter.into(),
+                name: name.into(),
+                key: key.into(),
+                labels,
+                ..Default::default()
+            },
+            lease,
+        ))
+        .await
+        .map_err(|s| self.err(s))?;
+        Ok(())
+    }
+
+    pub async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
+        let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        match c
+            .remove(self.req(
+                snap::RemoveSnapshotRequest {
+                    snapshotter: snapshotter.into(),
+                    key: key.into(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    pub async fn list_snapshots(&self, snapshotter: &str) -> Result<Vec<snap::Info>> {
+        let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        let mut s = c
+            .list(self.req(
+                snap::ListSnapshotsRequest {
+                    snapshotter: snapshotter.into(),
+                    filters: vec![],
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = s.next().await {
+            out.extend(r.map_err(|s| self.err(s))?.info);
+        }
+        Ok(out)
+    }
+
+    /// (bytes, inodes) used by one snapshot.
+    pub async fn snapshot_usage(&self, snapshotter: &str, key: &str) -> Result<(i64, i64)> {
+        let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        let r = c
+            .usage(self.req(
+                snap::UsageRequest {
+                    snapshotter: snapshotter.into(),
+                    key: key.into(),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        Ok((r.size, r.inodes))
+    }
+
+    // ---- diff ----
+
+    /// Apply a layer blob onto mounts; returns the applied (uncompressed) descriptor.
+    pub async fn apply_diff(
+        &self,
+        layer: Descriptor,
+        mounts: Vec<Mount>,
+        lease: Option<&str>,
+    ) -> Result<Descriptor> {
+        let mut c = api::diff_client::DiffClient::new(self.channel.clone());
+        let r = c
+            .apply(self.req(
+                api::ApplyRequest {
+                    diff: Some(layer),
+                    mounts,
+                    payloads: HashMap::new(),
+                    sync_fs: false,
+                },
+                lease,
+            ))
+            .await
+            .map_err(|s| self.err(s))?;
+        r.into_inner()
+            .applied
+            .ok_or_else(|| ContainerdError::Other("diff apply returned no descriptor".into()))
+    }
+}

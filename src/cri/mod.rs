@@ -1,0 +1,157 @@
+//! The gRPC face: CRI v1 ImageService. One file per RPC; each converts CRI
+//! types to domain calls and domain errors to tonic::Status (error.rs).
+
+mod error;
+mod image_fs_info;
+mod image_status;
+mod list_images;
+mod pull_image;
+mod remove_image;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use tonic::{Request, Response, Status};
+
+use crate::imagefs::ImageFs;
+use crate::metrics::Metrics;
+use crate::pull::Puller;
+use crate::store::{ImageView, Store};
+
+pub use cri::image_service_server::ImageServiceServer;
+
+/// The CRI ImageService.
+#[derive(Clone)]
+pub struct ImageService {
+    pub store: Arc<Store>,
+    pub puller: Arc<Puller>,
+    pub imagefs: Arc<ImageFs>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Longest accepted image string in a request.
+pub const MAX_IMAGE_LEN: usize = 4096;
+
+/// The caller's deadline from the `grpc-timeout` header.
+pub fn deadline_of<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(v)
+}
+
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// CRI view of an image.
+pub(crate) fn to_cri(v: &ImageView) -> cri::Image {
+    let (uid, username) = crate::manifest::split_user(&v.info.user);
+    cri::Image {
+        id: v.info.id.clone(),
+        repo_tags: v.repo_tags.clone(),
+        repo_digests: v.repo_digests.clone(),
+        size: v.info.size,
+        uid: uid.map(|value| cri::Int64Value { value }),
+        username,
+        spec: Some(cri::ImageSpec {
+            image: v.info.id.clone(),
+            ..Default::default()
+        }),
+        pinned: v.pinned,
+    }
+}
+
+/// The image string of an optional ImageSpec, checked for size.
+pub(crate) fn image_of(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
+    let image = spec.map(|s| s.image.as_str()).unwrap_or("");
+    if image.is_empty() {
+        return Err(Status::invalid_argument("image spec is empty: an image reference or ID is required"));
+    }
+    if image.len() > MAX_IMAGE_LEN {
+        return Err(Status::invalid_argument(format!(
+            "image reference is {} bytes long; at most {MAX_IMAGE_LEN} are accepted",
+            image.len()
+        )));
+    }
+    Ok(image)
+}
+
+impl ImageService {
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        fut: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let r = fut.await;
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics.observe_rpc(method, code, start.elapsed().as_secs_f64());
+        if let Err(s) = &r {
+            tracing::debug!(method, code = ?s.code(), message = %s.message(), "rpc failed");
+        }
+        r.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl cri::image_service_server::ImageService for ImageService {
+    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
+        self.observe("ListImages", list_images::handle(self, req.into_inner())).await
+    }
+
+    async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        self.observe("ImageStatus", image_status::handle(self, req.into_inner())).await
+    }
+
+    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
+        let deadline = deadline_of(&req);
+        self.observe("PullImage", pull_image::handle(self, req.into_inner(), deadline)).await
+    }
+
+    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        self.observe("RemoveImage", remove_image::handle(self, req.into_inner())).await
+    }
+
+    async fn image_fs_info(&self, req: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        self.observe("ImageFsInfo", image_fs_info::handle(self, req.into_inner())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout("1234567890S"), None);
+    }
+
+    #[test]
+    fn image_spec_checks() {
+        assert_eq!(image_of(None).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let big = cri::ImageSpec { image: "a".repeat(MAX_IMAGE_LEN + 1), ..Default::default() };
+        assert_eq!(image_of(Some(&big)).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}

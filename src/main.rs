@@ -1,0 +1,183 @@
+//! cri-imaged: CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use cri_imaged::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "cri-imaged", version, about = "A Kubernetes CRI ImageService that pulls straight into containerd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CRI ImageService on a unix socket.
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults + file + flags) as YAML.
+    Config(ServeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// YAML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Socket to listen on.
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// containerd's socket.
+    #[arg(long)]
+    containerd_address: Option<PathBuf>,
+    /// containerd namespace.
+    #[arg(long)]
+    containerd_namespace: Option<String>,
+    /// Snapshotter.
+    #[arg(long)]
+    snapshotter: Option<String>,
+    /// Registry host configuration directory (certs.d layout).
+    #[arg(long)]
+    registry_config_path: Option<PathBuf>,
+    /// Metrics/health address ("" = off).
+    #[arg(long)]
+    metrics_address: Option<String>,
+    /// Stall timeout of pulls, e.g. 5m (0s = off).
+    #[arg(long)]
+    pull_progress_timeout: Option<String>,
+    /// Node platform (repeatable, first preferred), e.g. linux/arm/v7.
+    #[arg(long = "platform")]
+    platforms: Vec<String>,
+    /// Log level (RUST_LOG syntax).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log as JSON.
+    #[arg(long)]
+    log_json: bool,
+    /// Start and supervise a private containerd rooted in DIR and use it.
+    #[arg(long, value_name = "DIR")]
+    managed_containerd: Option<PathBuf>,
+    /// containerd binary for --managed-containerd.
+    #[arg(long, default_value = "containerd")]
+    containerd_binary: String,
+}
+
+fn effective(args: &ServeArgs) -> Result<Config, String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(v) = &args.listen {
+        cfg.listen = v.clone();
+    }
+    if let Some(v) = &args.containerd_address {
+        cfg.containerd_address = v.clone();
+    }
+    if let Some(v) = &args.containerd_namespace {
+        cfg.containerd_namespace = v.clone();
+    }
+    if let Some(v) = &args.snapshotter {
+        cfg.snapshotter = v.clone();
+    }
+    if let Some(v) = &args.registry_config_path {
+        cfg.registry_config_path = v.clone();
+    }
+    if let Some(v) = &args.metrics_address {
+        cfg.metrics_address = v.clone();
+    }
+    if let Some(v) = &args.pull_progress_timeout {
+        cfg.pull_progress_timeout = humantime::parse_duration(v)
+            .map_err(|e| format!("invalid config: pull_progress_timeout: {v:?}: {e}"))?;
+    }
+    if !args.platforms.is_empty() {
+        cfg.platforms = args.platforms.clone();
+    }
+    if let Some(v) = &args.log_level {
+        cfg.log_level = v.clone();
+    }
+    if args.log_json {
+        cfg.log_format = LogFormat::Json;
+    }
+    if let Some(dir) = &args.managed_containerd {
+        let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
+        cfg.containerd_address = dir.join("containerd.sock");
+        cfg.containerd_root = dir.join("root");
+        cfg.snapshotter_root = PathBuf::new();
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(args) => match effective(&args) {
+            Ok(cfg) => {
+                print!("{}", serde_yaml::to_string(&cfg).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cri-imaged: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(args) => {
+            let cfg = match effective(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cri-imaged: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if args.check {
+                println!("configuration is valid");
+                return ExitCode::SUCCESS;
+            }
+            init_logs(&cfg);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cri-imaged: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = rt.block_on(async move {
+                let managed = match &args.managed_containerd {
+                    Some(dir) => Some(
+                        cri_imaged::managed::Managed::start(dir, &args.containerd_binary, &cfg.snapshotter, &cfg.registry_config_path)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let r = cri_imaged::server::serve(cfg, cri_imaged::server::shutdown_signal()).await;
+                if let Some(m) = managed {
+                    m.stop().await;
+                }
+                r
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cri-imaged failed");
+                    eprintln!("cri-imaged: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `--managed-containerd DIR`: start and supervise a private containerd rooted
+//! in DIR (CRI plugin on, overlayfs), for a first run on a machine that has none.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+
+pub struct Managed {
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn config_toml(dir: &Path, snapshotter: &str, certs_d: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snapshotter}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+"#,
+        certs = certs_d.display()
+    )
+}
+
+impl Managed {
+    /// Write the config and start containerd; restart it whenever it exits.
+    pub async fn start(dir: &Path, binary: &str, snapshotter: &str, certs_d: &Path) -> anyhow::Result<Managed> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let cfg_path = dir.join("config.toml");
+        std::fs::write(&cfg_path, config_toml(&dir, snapshotter, certs_d))?;
+        let socket = dir.join("containerd.sock");
+        let log = dir.join("containerd.log");
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let binary = binary.to_string();
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+                let mut cmd = tokio::process::Command::new(&binary);
+                cmd.arg("--config").arg(&cfg_path).stdin(Stdio::null()).kill_on_drop(true);
+                if let Ok(f) = logf {
+                    if let Ok(f2) = f.try_clone() {
+                        cmd.stdout(f).stderr(f2);
+                    }
+                }
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(binary = %binary, error = %e, "cannot start managed containerd");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stopped(&mut rx) => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                tracing::info!(pid = child.id(), "managed containerd started");
+                tokio::select! {
+                    st = child.wait() => {
+                        tracing::warn!(status = ?st, "managed containerd exited; restarting");
+                    }
+                    _ = stopped(&mut rx) => {
+                        if let Some(pid) = child.id() {
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                        }
+                        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                            let _ = child.kill().await;
+                        }
+                        return;
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+        Ok(Managed {
+            socket,
+            root: dir.join("root"),
+            stop,
+            task,
+        })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let v = *rx.borrow_and_update();
+        if v || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The registry of metrics and the /metrics, /healthz, /readyz server.
+//!
+//! Label values are bounded: RPC method names, gRPC code names, pull results,
+//! failure reasons and phases. No image name, repository, user or credential
+//! ever becomes a label value.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Why a pull failed; one label value each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    NotFound,
+    Unauthorized,
+    PlatformMismatch,
+    RegistryUnavailable,
+    Stalled,
+    Canceled,
+    NoSpace,
+    DigestMismatch,
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 9] = [
+        FailureReason::NotFound,
+        FailureReason::Unauthorized,
+        FailureReason::PlatformMismatch,
+        FailureReason::RegistryUnavailable,
+        FailureReason::Stalled,
+        FailureReason::Canceled,
+        FailureReason::NoSpace,
+        FailureReason::DigestMismatch,
+        FailureReason::Other,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NotFound => "not_found",
+            FailureReason::Unauthorized => "unauthorized",
+            FailureReason::PlatformMismatch => "platform_mismatch",
+            FailureReason::RegistryUnavailable => "registry_unavailable",
+            FailureReason::Stalled => "stalled",
+            FailureReason::Canceled => "canceled",
+            FailureReason::NoSpace => "no_space",
+            FailureReason::DigestMismatch => "digest_mismatch",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
+pub const PHASES: [&str; 4] = ["resolve", "fetch", "unpack", "records"];
+pub const RPC_METHODS: [&str; 5] = ["ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
+    pub pulls: IntCounterVec,
+    pub pull_failures: IntCounterVec,
+    pub pulls_in_flight: IntGauge,
+    pub pulls_coalesced: IntCounter,
+    pub pull_duration: Histogram,
+    pub phase_duration: HistogramVec,
+    pub bytes_fetched: IntCounter,
+    pub layers_fetched: IntCounter,
+    pub layers_reused: IntCounter,
+    pub removals: IntCounter,
+    pub images: IntGauge,
+    pub imagefs_used_bytes: Gauge,
+    pub imagefs_inodes_used: Gauge,
+    pub containerd_up: IntGauge,
+    pub build_info: GaugeVec,
+    /// Set once the CRI socket is listening.
+    pub socket_ready: AtomicBool,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("metric definitions are static and valid")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let grpc_requests = must(IntCounterVec::new(
+            Opts::new("cri_imaged_grpc_requests_total", "CRI gRPC requests by method and status code."),
+            &["method", "code"],
+        ));
+        let grpc_duration = must(HistogramVec::new(
+            HistogramOpts::new("cri_imaged_grpc_request_duration_seconds", "CRI gRPC request latency by method.")
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                ]),
+            &["method"],
+        ));
+        let pulls = must(IntCounterVec::new(
+            Opts::new("cri_imaged_pulls_total", "Image pulls by result (success or failure)."),
+            &["result"],
+        ));
+        let pull_failures = must(IntCounterVec::new(
+            Opts::new("cri_imaged_pull_failures_total", "Failed image pulls by reason."),
+            &["reason"],
+        ));
+        let pulls_in_flight = must(IntGauge::new("cri_imaged_pulls_in_flight", "Image pulls in progress."));
+        let pulls_coalesced = must(IntCounter::new(
+            "cri_imaged_pulls_coalesced_total",
+            "PullImage calls that joined a pull already in progress.",
+        ));
+        let pull_duration = must(Histogram::with_opts(
+            HistogramOpts::new("cri_imaged_pull_duration_seconds", "Wall time of image pulls.").buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+            ]),
+        ));
+        let phase_duration = must(HistogramVec::new(
+            HistogramOpts::new("cri_imaged_pull_phase_duration_seconds", "Time spent in each pull phase.")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                ]),
+            &["phase"],
+        ));
+        let bytes_fetched = must(IntCounter::new(
+            "cri_imaged_fetched_bytes_total",
+            "Bytes received from registries (blobs and manifests).",
+        ));
+        let layers_fetched = must(IntCounter::new("cri_imaged_layers_fetched_total", "Layers downloaded."));
+        let layers_reused = must(IntCounter::new(
+            "cri_imaged_layers_reused_total",
+            "Layers already in containerd's content store, not downloaded.",
+        ));
+        let removals = must(IntCounter::new("cri_imaged_image_removals_total", "Images removed."));
+        let images = must(IntGauge::new("cri_imaged_images", "Images known to the index."));
+        let imagefs_used_bytes = must(Gauge::new("cri_imaged_imagefs_used_bytes", "Bytes used by the snapshotter."));
+        let imagefs_inodes_used = must(Gauge::new("cri_imaged_imagefs_inodes_used", "Inodes used by the snapshotter."));
+        let containerd_up = must(IntGauge::new(
+            "cri_imaged_containerd_up",
+            "1 when containerd is reachable and the image index is in sync.",
+        ));
+        let build_info = must(GaugeVec::new(
+            Opts::new("cri_imaged_build_info", "Build information; always 1."),
+            &["version"],
+        ));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        for c in [
+            Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc_duration.clone()),
+            Box::new(pulls.clone()),
+            Box::new(pull_failures.clone()),
+            Box::new(pulls_in_flight.clone()),
+            Box::new(pulls_coalesced.clone()),
+            Box::new(pull_duration.clone()),
+            Box::new(phase_duration.clone()),
+            Box::new(bytes_fetched.clone()),
+            Box::new(layers_fetched.clone()),
+            Box::new(layers_reused.clone()),
+            Box::new(removals.clone()),
+            Box::new(images.clone()),
+            Box::new(imagefs_used_bytes.clone()),
+            Box::new(imagefs_inodes_used.clone()),
+            Box::new(containerd_up.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        // Pre-create bounded label sets so every series exists from the start.
+        for r in ["success", "failure"] {
+            pulls.with_label_values(&[r]);
+        }
+        for r in FailureReason::ALL {
+            pull_failures.with_label_values(&[r.as_str()]);
+        }
+        for p in PHASES {
+            phase_duration.with_label_values(&[p]);
+        }
+        for m in RPC_METHODS {
+            grpc_duration.with_label_values(&[m]);
+        }
+        Arc::new(Metrics {
+            registry,
+            grpc_requests,
+            grpc_duration,
+            pulls,
+            pull_failures,
+            pulls_in_flight,
+            pulls_coalesced,
+            pull_duration,
+            phase_duration,
+            bytes_fetched,
+            layers_fetched,
+            layers_reused,
+            removals,
+            images,
+            imagefs_used_bytes,
+            imagefs_inodes_used,
+            containerd_up,
+            build_info,
+            socket_ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn observe_rpc(&self, method: &'static str, code: tonic::Code, seconds: f64) {
+        self.grpc_requests
+            .with_label_values(&[method, code_name(code)])
+            .inc();
+        self.grpc_duration.with_label_values(&[method]).observe(seconds);
+    }
+
+    pub fn pull_failed(&self, reason: FailureReason) {
+        self.pulls.with_label_values(&["failure"]).inc();
+        self.pull_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn pull_succeeded(&self) {
+        self.pulls.with_label_values(&["success"]).inc();
+    }
+
+    pub fn phase(&self, phase: &'static str, seconds: f64) {
+        self.phase_duration.with_label_values(&[phase]).observe(seconds);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+pub fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Readiness: a closure answering Err(reason) when not ready.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serve /metrics, /healthz and /readyz until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: ReadyCheck,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics server listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Mark the socket as listening (for /readyz).
+pub fn set_socket_ready(m: &Metrics, v: bool) {
+    m.socket_ready.store(v, Ordering::Release);
+}

@@ -1,0 +1,296 @@
+//! Streaming a blob from a registry into containerd's content store.
+//!
+//! The write uses a stable ingest ref per digest, so a write interrupted by a
+//! crash or a broken connection resumes where containerd's ingest stopped
+//! (with an HTTP Range request). containerd verifies size and digest on commit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use containerd_client::services::v1::{WriteAction, WriteContentRequest, WriteContentResponse};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{PullCtx, PullError};
+use crate::containerd::ContainerdError;
+use crate::manifest::Descriptor;
+
+/// Bytes per content write message.
+const CHUNK: usize = 1 << 20;
+/// Re-opens of a blob download after a broken or short body.
+const MAX_RESUMES: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// Already in containerd's content store.
+    Reused,
+    /// Downloaded this many bytes.
+    Downloaded(u64),
+}
+
+fn ingest_ref(digest: &str) -> String {
+    format!("cri-imaged-{digest}")
+}
+
+/// An open content write.
+struct Writer {
+    tx: mpsc::Sender<WriteContentRequest>,
+    responses: tokio::task::JoinHandle<Result<Option<WriteContentResponse>, tonic::Status>>,
+    r#ref: String,
+    offset: u64,
+}
+
+enum Opened {
+    Exists,
+    Open(Writer),
+}
+
+async fn open(ctx: &PullCtx, desc: &Descriptor) -> Result<Opened, PullError> {
+    let r#ref = ingest_ref(&desc.digest);
+    let mut attempt = 0;
+    loop {
+        let (tx, rx) = mpsc::channel::<WriteContentRequest>(4);
+        tx.send(WriteContentRequest {
+            action: WriteAction::Stat as i32,
+            r#ref: r#ref.clone(),
+            total: desc.size,
+            expected: desc.digest.clone(),
+            ..Default::default()
+        })
+        .await
+        .ok();
+        let res = ctx.cd.write_stream(ReceiverStream::new(rx), Some(&ctx.lease)).await;
+        let mut stream = match res {
+            Ok(s) => s,
+            Err(ContainerdError::AlreadyExists(_)) => return Ok(Opened::Exists),
+            Err(e) => return Err(e.into()),
+        };
+        match stream.message().await {
+            Ok(Some(first)) => {
+                let offset = first.offset.max(0) as u64;
+                let responses = tokio::spawn(async move {
+                    let mut last = None;
+                    while let Some(m) = stream.message().await? {
+                        last = Some(m);
+                    }
+                    Ok(last)
+                });
+                return Ok(Opened::Open(Writer {
+                    tx,
+                    responses,
+                    r#ref: r#ref.clone(),
+                    offset,
+                }));
+            }
+            Ok(None) => return Err(PullError::Internal("containerd closed the content write".into())),
+            Err(s) => match ctx.cd.map_status(s) {
+                ContainerdError::AlreadyExists(_) => return Ok(Opened::Exists),
+                // Another writer holds the ref lock (a concurrent pull in another
+                // process): wait and retry.
+                ContainerdError::Unavailable { message, .. } if message.contains("locked") && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                e => return Err(e.into()),
+            },
+        }
+    }
+}
+
+impl Writer {
+    async fn send(&mut self, data: Bytes, ctx: &PullCtx) -> Result<(), PullError> {
+        let len = data.len() as u64;
+        let msg = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: self.r#ref.clone(),
+            offset: self.offset as i64,
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        if self.tx.send(msg).await.is_err() {
+            return Err(self.failure(ctx).await);
+        }
+        self.offset += len;
+        Ok(())
+    }
+
+    /// The error that made containerd close the stream.
+    async fn failure(&mut self, ctx: &PullCtx) -> PullError {
+        match (&mut self.responses).await {
+            Ok(Err(s)) => ctx.cd.map_status(s).into(),
+            _ => PullError::Internal("containerd closed the content write".into()),
+        }
+    }
+
+    async fn commit(mut self, desc: &Descriptor, labels: HashMap<String, String>, ctx: &PullCtx) -> Result<(), PullError> {
+        let msg = WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: self.r#ref.clone(),
+            offset: self.offset as i64,
+            total: desc.size,
+            expected: desc.digest.clone(),
+            labels,
+            ..Default::default()
+        };
+        if self.tx.send(msg).await.is_err() {
+            return Err(self.commit_error(ctx, desc).await);
+        }
+        drop(self.tx);
+        match self.responses.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => match ctx.cd.map_status(s) {
+                ContainerdError::AlreadyExists(_) => Ok(()),
+                ContainerdError::DigestMismatch(m) => {
+                    let _ = ctx.cd.abort_write(&self.r#ref).await;
+                    Err(PullError::DigestMismatch(format!("blob {}: {m}", desc.digest)))
+                }
+                e => Err(e.into()),
+            },
+            Err(e) => Err(PullError::Internal(format!("content writer task: {e}"))),
+        }
+    }
+
+    async fn commit_error(&mut self, ctx: &PullCtx, desc: &Descriptor) -> PullError {
+        match self.failure(ctx).await {
+            PullError::DigestMismatch(m) => {
+                let _ = ctx.cd.abort_write(&self.r#ref).await;
+                PullError::DigestMismatch(format!("blob {}: {m}", desc.digest))
+            }
+            e => e,
+        }
+    }
+}
+
+/// Write bytes we already hold (manifests, indexes, configs).
+pub async fn write_bytes(
+    ctx: &PullCtx,
+    desc: &Descriptor,
+    data: Bytes,
+    labels: HashMap<String, String>,
+) -> Result<Fetched, PullError> {
+    if ctx.cd.content_info(&desc.digest).await?.is_some() {
+        if !labels.is_empty() {
+            ctx.cd.label_content(&desc.digest, labels).await?;
+        }
+        return Ok(Fetched::Reused);
+    }
+    let mut w = match open(ctx, desc).await? {
+        Opened::Exists => {
+            if !labels.is_empty() {
+                ctx.cd.label_content(&desc.digest, labels).await?;
+            }
+            return Ok(Fetched::Reused);
+        }
+        Opened::Open(w) => w,
+    };
+    if w.offset != 0 {
+        // Restart a stale partial ingest from scratch.
+        w.offset = 0;
+    }
+    let n = data.len() as u64;
+    w.send(data, ctx).await?;
+    w.commit(desc, labels, ctx).await?;
+    Ok(Fetched::Downloaded(n))
+}
+
+/// Download a blob from the registry into containerd (unless present).
+pub async fn fetch_blob(
+    ctx: &PullCtx,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+) -> Result<Fetched, PullError> {
+    if ctx.cd.content_info(&desc.digest).await?.is_some() {
+        return Ok(Fetched::Reused);
+    }
+    let mut w = match open(ctx, desc).await? {
+        Opened::Exists => return Ok(Fetched::Reused),
+        Opened::Open(w) => w,
+    };
+    let size = desc.size.max(0) as u64;
+    if w.offset > size {
+        w.offset = 0;
+    }
+    let start_offset = w.offset;
+    let mut resumes = 0;
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    'download: while w.offset + buf.len() as u64 != size || size == 0 {
+        let want = w.offset + buf.len() as u64;
+        let blob = ctx
+            .registries
+            .get_blob(&ctx.domain, &ctx.repo, &desc.digest, want, &ctx.auth)
+            .await?;
+        let mut skip = want.saturating_sub(blob.offset);
+        let mut stream = blob.stream;
+        loop {
+            let next = if ctx.progress_timeout.is_zero() {
+                stream.next().await
+            } else {
+                match tokio::time::timeout(ctx.progress_timeout, stream.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(PullError::Stalled {
+                            digest: desc.digest.clone(),
+                            after: ctx.progress_timeout,
+                            received: w.offset + buf.len() as u64,
+                            total: size,
+                        })
+                    }
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(mut chunk)) => {
+                    ctx.progress(chunk.len() as u64);
+                    if skip > 0 {
+                        let s = (skip as usize).min(chunk.len());
+                        let _ = chunk.split_to(s);
+                        skip -= s as u64;
+                    }
+                    if w.offset + (buf.len() + chunk.len()) as u64 > size {
+                        let _ = ctx.cd.abort_write(&w.r#ref).await;
+                        return Err(PullError::DigestMismatch(format!(
+                            "blob {} from {}/{}: the registry sent more than the {} bytes the manifest declares",
+                            desc.digest, ctx.domain, ctx.repo, size
+                        )));
+                    }
+                    buf.extend_from_slice(&chunk);
+                    while buf.len() >= CHUNK {
+                        let data = buf.split_to(CHUNK).freeze();
+                        w.send(data, ctx).await?;
+                    }
+                }
+                Some(Err(e)) => {
+                    if resumes >= MAX_RESUMES || !super::retryable(&e) {
+                        return Err(e.into());
+                    }
+                    resumes += 1;
+                    tracing::info!(digest = %desc.digest, offset = want, error = %e, "blob download broke; resuming with a range request");
+                    continue 'download;
+                }
+            }
+        }
+        if size == 0 || w.offset + buf.len() as u64 == size {
+            break;
+        }
+        if resumes >= MAX_RESUMES {
+            return Err(PullError::from(crate::registry::RegistryError::Protocol(format!(
+                "blob {} from {}/{}: body ended at {} of {} bytes {} times",
+                desc.digest,
+                ctx.domain,
+                ctx.repo,
+                w.offset + buf.len() as u64,
+                size,
+                resumes + 1
+            ))));
+        }
+        resumes += 1;
+    }
+    if !buf.is_empty() {
+        let data = buf.split().freeze();
+        w.send(data, ctx).await?;
+    }
+    w.commit(desc, labels, ctx).await?;
+    Ok(Fetched::Downloaded(size - start_offset))
+}

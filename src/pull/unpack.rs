@@ -1,0 +1,111 @@
+//! Unpacking in containerd, pipelined with the download: layer i is applied
+//! (snapshots Prepare -> diff Apply -> verify diffID -> Commit) as soon as it
+//! and every layer below it are in the content store.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{PullCtx, PullError};
+use crate::containerd::{labels, ContainerdError};
+use crate::manifest::Descriptor;
+
+/// Unpack `layers`; `fetched[i]` fires when layer i is in the content store.
+/// Returns the top chain ID and the time (since the start of the call) at
+/// which the unpack finished.
+pub async fn unpack(
+    ctx: &PullCtx,
+    layers: &[Descriptor],
+    diff_ids: &[String],
+    fetched: Vec<oneshot::Receiver<()>>,
+) -> Result<(String, Duration), PullError> {
+    let start = Instant::now();
+    let chain = crate::reference::chain_id(diff_ids);
+    let mut parent = String::new();
+    for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
+        let chain_id = &chain[i];
+        if ctx.cd.snapshot_exists(&ctx.snapshotter, chain_id).await? {
+            // Still wait for the blob: the image must be complete in content too.
+            done.await.map_err(|_| PullError::Canceled)?;
+            parent = chain_id.clone();
+            continue;
+        }
+        done.await.map_err(|_| PullError::Canceled)?;
+        apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent).await?;
+        parent = chain_id.clone();
+    }
+    Ok((chain.last().cloned().unwrap_or_default(), start.elapsed()))
+}
+
+async fn apply_layer(
+    ctx: &PullCtx,
+    layer: &Descriptor,
+    diff_id: &str,
+    chain_id: &str,
+    parent: &str,
+) -> Result<(), PullError> {
+    let key = format!(
+        "extract-{}-{:08x} {chain_id}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        rand::random::<u32>()
+    );
+    let mounts = match ctx
+        .cd
+        .prepare_snapshot(&ctx.snapshotter, &key, parent, Some(&ctx.lease))
+        .await
+    {
+        Ok(m) => m,
+        Err(ContainerdError::AlreadyExists(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let result = async {
+        let applied = ctx
+            .cd
+            .apply_diff(
+                containerd_client::types::Descriptor {
+                    media_type: layer.media_type.clone(),
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    annotations: HashMap::new(),
+                },
+                mounts,
+                Some(&ctx.lease),
+            )
+            .await?;
+        if applied.digest != diff_id {
+            return Err(PullError::DigestMismatch(format!(
+                "layer {} unpacked to {} but the image config expects diff ID {diff_id}",
+                layer.digest, applied.digest
+            )));
+        }
+        let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain_id.to_string())]);
+        match ctx
+            .cd
+            .commit_snapshot(&ctx.snapshotter, chain_id, &key, labels, Some(&ctx.lease))
+            .await
+        {
+            Ok(()) => {}
+            // Someone else committed the same chain meanwhile: theirs is as good.
+            Err(ContainerdError::AlreadyExists(_)) => {
+                let _ = ctx.cd.remove_snapshot(&ctx.snapshotter, &key).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ctx.cd
+            .label_content(
+                &layer.digest,
+                HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id.to_string())]),
+            )
+            .await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = ctx.cd.remove_snapshot(&ctx.snapshotter, &key).await;
+    }
+    result
+}

@@ -1,0 +1,245 @@
+//! Serving: the unix socket (mode, group, stale and live sockets), the gRPC
+//! server over it, background tasks, and graceful shutdown on SIGTERM/SIGINT.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::UnixListener;
+
+use crate::config::Config;
+use crate::containerd::Containerd;
+use crate::cri::{ImageService, ImageServiceServer};
+use crate::imagefs::ImageFs;
+use crate::metrics::{self, Metrics};
+use crate::platform::Matcher;
+use crate::pull::{PullConfig, Puller};
+use crate::registry::Registries;
+use crate::store::Store;
+
+/// Bind the CRI socket: refuse when another instance answers on it, replace a
+/// stale file, then apply mode and group.
+pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let path = &cfg.listen;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another process is serving on {}: refusing to start a second instance (stop it or choose another `listen` path)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = cfg.socket_mode_bits()?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {:o} on {}", mode, path.display()))?;
+    if !cfg.socket_group.is_empty() {
+        let gid = match cfg.socket_group.parse::<u32>() {
+            Ok(g) => g,
+            Err(_) => nix::unistd::Group::from_name(&cfg.socket_group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+                .with_context(|| format!("socket_group {:?} does not exist", cfg.socket_group))?,
+        };
+        nix::unistd::chown(path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("chown {} to group {gid}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Everything the daemon runs.
+pub struct Daemon {
+    pub service: ImageService,
+}
+
+pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
+    let cd = Containerd::new(&cfg.containerd_address, &cfg.containerd_namespace);
+    let matcher = Matcher::new(cfg.node_platforms()?, cfg.strict_platform);
+    let metrics = Metrics::new();
+    let store = Store::new(cd.clone(), matcher, &cfg.pinned_images);
+    let registries = Registries::new(&cfg.registry_config_path);
+    let puller = Puller::new(
+        store.clone(),
+        registries,
+        PullConfig {
+            snapshotter: cfg.snapshotter.clone(),
+            runtime_handler_snapshotters: cfg
+                .runtime_handler_snapshotters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+            progress_timeout: cfg.pull_progress_timeout,
+            per_pull_downloads: cfg.max_concurrent_downloads_per_pull,
+            lease_expiry: cfg.lease_expiry,
+            pinned: cfg.pinned_images.clone(),
+        },
+        cfg.max_concurrent_downloads,
+        metrics.clone(),
+    );
+    let imagefs = ImageFs::new(cd, cfg.snapshotter.clone(), cfg.effective_snapshotter_root());
+    Ok(Daemon {
+        service: ImageService {
+            store,
+            puller,
+            imagefs,
+            metrics,
+        },
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Run until a signal; in-flight RPCs get `shutdown_grace` to finish.
+pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let daemon = build(&cfg)?;
+    let svc = daemon.service.clone();
+    let listener = bind_socket(&cfg)?;
+    tracing::info!(
+        socket = %cfg.listen.display(),
+        containerd = %cfg.containerd_address.display(),
+        namespace = %cfg.containerd_namespace,
+        snapshotter = %cfg.snapshotter,
+        platforms = %svc.store.matcher().describe(),
+        "cri-imaged serving"
+    );
+    let background = spawn_background(&cfg, &svc);
+    metrics::set_socket_ready(&svc.metrics, true);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    if !cfg.metrics_address.is_empty() {
+        let addr = cfg.metrics_address.parse()?;
+        let m = svc.metrics.clone();
+        let store = svc.store.clone();
+        let socket_path = cfg.listen.clone();
+        let ready: metrics::ReadyCheck = Arc::new(move || {
+            if !m.socket_ready.load(std::sync::atomic::Ordering::Acquire) || !socket_path.exists() {
+                return Err("the CRI socket is not listening".into());
+            }
+            if !store.is_synced() {
+                return Err(format!(
+                    "containerd at {} is not reachable (or the image index is not in sync yet)",
+                    store.containerd().socket().display()
+                ));
+            }
+            Ok(())
+        });
+        let mut rx = stop_rx.clone();
+        let m2 = svc.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m2, ready, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            {
+                tracing::error!(%addr, error = %e, "metrics server failed");
+            }
+        });
+    }
+
+    serve_grpc(listener, ImageServiceServer::new(svc.clone()), stop_rx, cfg.shutdown_grace).await;
+    metrics::set_socket_ready(&svc.metrics, false);
+    for b in background {
+        b.abort();
+    }
+    remove_socket_if_ours(&cfg.listen);
+    tracing::info!("cri-imaged stopped");
+    Ok(())
+}
+
+fn remove_socket_if_ours(path: &Path) {
+    // A second instance never binds a live socket, so the file is ours.
+    let _ = std::fs::remove_file(path);
+}
+
+fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut v = Vec::new();
+    v.push(tokio::spawn(svc.store.clone().run_sync()));
+    v.push(tokio::spawn(svc.imagefs.clone().run(cfg.imagefs_sample_interval)));
+    // Gauges that mirror state.
+    let (store, m, fs) = (svc.store.clone(), svc.metrics.clone(), svc.imagefs.clone());
+    v.push(tokio::spawn(async move {
+        loop {
+            m.images.set(store.len() as i64);
+            m.containerd_up.set(store.is_synced() as i64);
+            let u = fs.current();
+            m.imagefs_used_bytes.set(u.used_bytes as f64);
+            m.imagefs_inodes_used.set(u.inodes_used as f64);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }));
+    v
+}
+
+/// gRPC over HTTP/2 on the unix socket, served with hyper directly so the
+/// handlers see the caller's `grpc-timeout` and can answer DEADLINE_EXCEEDED.
+async fn serve_grpc<S>(
+    listener: UnixListener,
+    svc: S,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, _) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let io = TokioIo::new(stream);
+                let hyper_svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(1024)
+                    .serve_connection(io, hyper_svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("in-flight requests finished"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "shutdown grace period over; dropping in-flight requests"),
+    }
+}

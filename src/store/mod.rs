@@ -1,0 +1,312 @@
+//! The in-memory image index: containerd's image records of our namespace,
+//! grouped by image ID (config digest for this node's platform), built at
+//! start and kept current from containerd's image events. Reads never call
+//! containerd.
+
+pub mod inspect;
+mod resolve;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+
+use crate::containerd::{labels, Containerd, ContainerdError, ImageRecord};
+use crate::platform::Matcher;
+pub use inspect::ImageInfo;
+pub use resolve::ResolveError;
+
+/// One image as the CRI shows it.
+#[derive(Debug, Clone)]
+pub struct ImageView {
+    pub info: Arc<ImageInfo>,
+    /// Every record name of this image (tags, digests, the ID record).
+    pub records: Vec<String>,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    id: String,
+    pinned: bool,
+}
+
+#[derive(Default)]
+struct Index {
+    /// record name -> image ID
+    records: HashMap<String, Record>,
+    /// image ID -> record names
+    by_id: HashMap<String, BTreeSet<String>>,
+    /// image ID -> info
+    infos: HashMap<String, Arc<ImageInfo>>,
+}
+
+impl Index {
+    fn insert(&mut self, name: String, info: Arc<ImageInfo>, pinned: bool) {
+        self.remove(&name);
+        let id = info.id.clone();
+        self.records.insert(name.clone(), Record { id: id.clone(), pinned });
+        self.by_id.entry(id.clone()).or_default().insert(name);
+        self.infos.insert(id, info);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(r) = self.records.remove(name) {
+            if let Some(names) = self.by_id.get_mut(&r.id) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_id.remove(&r.id);
+                    self.infos.remove(&r.id);
+                }
+            }
+        }
+    }
+
+    fn view(&self, id: &str) -> Option<ImageView> {
+        let names = self.by_id.get(id)?;
+        let info = self.infos.get(id)?.clone();
+        let mut repo_tags = Vec::new();
+        let mut repo_digests = Vec::new();
+        let mut pinned = false;
+        for n in names {
+            if let Some(r) = self.records.get(n) {
+                pinned |= r.pinned;
+            }
+            if n.starts_with("sha256:") {
+                continue;
+            }
+            if n.contains('@') {
+                repo_digests.push(n.clone());
+            } else {
+                repo_tags.push(n.clone());
+            }
+        }
+        Some(ImageView {
+            info,
+            records: names.iter().cloned().collect(),
+            repo_tags,
+            repo_digests,
+            pinned,
+        })
+    }
+}
+
+/// The image index. Cheap to share (`Arc<Store>`).
+pub struct Store {
+    cd: Containerd,
+    matcher: Matcher,
+    pinned_names: HashSet<String>,
+    index: RwLock<Index>,
+    /// target digest -> info, so records sharing a target are inspected once.
+    cache: RwLock<HashMap<String, Arc<ImageInfo>>>,
+    synced: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Containerd(#[from] ContainerdError),
+    #[error("the image index is not in sync with containerd at {0} yet; retry shortly")]
+    NotSynced(String),
+}
+
+impl Store {
+    pub fn new(cd: Containerd, matcher: Matcher, pinned: &[String]) -> Arc<Store> {
+        Arc::new(Store {
+            cd,
+            matcher,
+            pinned_names: pinned.iter().cloned().collect(),
+            index: RwLock::new(Index::default()),
+            cache: RwLock::new(HashMap::new()),
+            synced: AtomicBool::new(false),
+        })
+    }
+
+    pub fn containerd(&self) -> &Containerd {
+        &self.cd
+    }
+
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// True while the event subscription is live and the index is current.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    fn check_synced(&self) -> Result<(), StoreError> {
+        if self.is_synced() {
+            Ok(())
+        } else {
+            Err(StoreError::NotSynced(self.cd.socket().display().to_string()))
+        }
+    }
+
+    /// All images, in ID order.
+    pub fn list(&self) -> Result<Vec<ImageView>, StoreError> {
+        self.check_synced()?;
+        let idx = self.index.read().unwrap();
+        let mut ids: Vec<&String> = idx.by_id.keys().collect();
+        ids.sort();
+        Ok(ids.into_iter().filter_map(|id| idx.view(id)).collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().unwrap().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolve a user's image string (tag, digest ref, ID, short ID).
+    pub fn resolve(&self, query: &str) -> Result<Option<ImageView>, ResolveError> {
+        self.check_synced().map_err(ResolveError::Store)?;
+        let idx = self.index.read().unwrap();
+        let id = resolve::resolve(query, |name| idx.records.get(name).map(|r| r.id.clone()), || {
+            idx.by_id.keys().cloned().collect::<Vec<_>>()
+        })?;
+        Ok(id.and_then(|id| idx.view(&id)))
+    }
+
+    /// The image a record name points to, if any.
+    pub fn get_by_record(&self, name: &str) -> Option<ImageView> {
+        let idx = self.index.read().unwrap();
+        let id = idx.records.get(name)?.id.clone();
+        idx.view(&id)
+    }
+
+    /// Re-read one record from containerd and update the index.
+    pub async fn refresh(&self, name: &str) -> Result<(), ContainerdError> {
+        match self.cd.get_image(name).await? {
+            Some(rec) => self.apply_record(rec).await,
+            None => {
+                self.index.write().unwrap().remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget records we just deleted (events will confirm).
+    pub fn forget(&self, names: &[String]) {
+        let mut idx = self.index.write().unwrap();
+        for n in names {
+            idx.remove(n);
+        }
+    }
+
+    async fn info_for(&self, rec: &ImageRecord) -> Option<Arc<ImageInfo>> {
+        let target = rec.target.as_ref()?;
+        if let Some(i) = self.cache.read().unwrap().get(&target.digest) {
+            return Some(i.clone());
+        }
+        match inspect::inspect(&self.cd, &self.matcher, &target.media_type, &target.digest).await {
+            Ok(info) => {
+                let info = Arc::new(info);
+                let mut c = self.cache.write().unwrap();
+                if c.len() > 50_000 {
+                    c.clear();
+                }
+                c.insert(target.digest.clone(), info.clone());
+                Some(info)
+            }
+            Err(e) => {
+                tracing::debug!(record = %rec.name, error = %e, "image record skipped: not usable on this node");
+                None
+            }
+        }
+    }
+
+    async fn apply_record(&self, rec: ImageRecord) {
+        let pinned = rec.labels.get(labels::CRI_PINNED).map(|v| v == labels::CRI_PINNED_VALUE).unwrap_or(false)
+            || self.pinned_names.contains(&rec.name);
+        match self.info_for(&rec).await {
+            Some(info) => self.index.write().unwrap().insert(rec.name, info, pinned),
+            None => self.index.write().unwrap().remove(&rec.name),
+        }
+    }
+
+    /// Rebuild the whole index from containerd.
+    pub async fn resync(&self) -> Result<(), ContainerdError> {
+        let records = self.cd.list_images().await?;
+        let mut fresh = Vec::with_capacity(records.len());
+        for rec in records {
+            let pinned = rec.labels.get(labels::CRI_PINNED).map(|v| v == labels::CRI_PINNED_VALUE).unwrap_or(false)
+                || self.pinned_names.contains(&rec.name);
+            if let Some(info) = self.info_for(&rec).await {
+                fresh.push((rec.name, info, pinned));
+            }
+        }
+        let mut idx = Index::default();
+        for (name, info, pinned) in fresh {
+            idx.insert(name, info, pinned);
+        }
+        *self.index.write().unwrap() = idx;
+        Ok(())
+    }
+
+    /// Keep the index in sync forever: subscribe to image events, resync,
+    /// apply events; on any break mark unsynced and retry with backoff.
+    pub async fn run_sync(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.cd.subscribe_images().await {
+                Ok(mut events) => match self.resync().await {
+                    Ok(()) => {
+                        if !self.synced.swap(true, Ordering::AcqRel) {
+                            tracing::info!(images = self.len(), "image index in sync with containerd");
+                        }
+                        backoff = Duration::from_millis(100);
+                        while let Some(ev) = events.next().await {
+                            match ev {
+                                Ok(env) => self.apply_event(env).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e.message(), "containerd event stream broke");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list containerd images"),
+                },
+                Err(e) => {
+                    if self.synced.load(Ordering::Acquire) {
+                        tracing::warn!(error = %e, "lost containerd; reconnecting");
+                    } else {
+                        tracing::debug!(error = %e, "containerd not reachable yet");
+                    }
+                }
+            }
+            self.synced.store(false, Ordering::Release);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn apply_event(&self, env: crate::containerd::Envelope) {
+        let Some(any) = env.event else { return };
+        use containerd_client::services::v1::{ImageCreate, ImageDelete, ImageUpdate};
+        let name = match env.topic.as_str() {
+            "/images/create" => ImageCreate::decode(any.value.as_slice()).ok().map(|e| e.name),
+            "/images/update" => ImageUpdate::decode(any.value.as_slice()).ok().map(|e| e.name),
+            "/images/delete" => {
+                if let Ok(e) = ImageDelete::decode(any.value.as_slice()) {
+                    self.index.write().unwrap().remove(&e.name);
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(name) = name {
+            if let Err(e) = self.refresh(&name).await {
+                tracing::warn!(record = %name, error = %e, "cannot refresh image record");
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! A private containerd per test.
+use super::{mount_tmpfs, tail_file, unmount_under, wait_for};
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Options for [`Containerd::start`]. `Default` = overlayfs, certs.d in the temp dir,
+/// root in the temp dir, debug logging.
+#[derive(Clone, Debug)]
+pub struct ContainerdOpts {
+    /// Snapshotter for the CRI plugin and for `load_with_ctr` ("overlayfs" or "native").
+    pub snapshotter: String,
+    /// certs.d directory (CRI `registry.config_path`); default `<dir>/certs.d`.
+    pub certs_d: Option<PathBuf>,
+    /// containerd root override (e.g. a small tmpfs); default `<dir>/root`.
+    pub root: Option<PathBuf>,
+    /// If set (and `root` is None), mount a tmpfs of this many bytes at `<dir>/root`
+    /// (unmounted on drop).
+    pub root_tmpfs_bytes: Option<u64>,
+    /// `[debug] level`; default "debug".
+    pub log_level: String,
+    /// Extra TOML appended verbatim to config.toml (careful with duplicate tables).
+    pub extra_config: String,
+}
+
+impl Default for ContainerdOpts {
+    fn default() -> Self {
+        ContainerdOpts {
+            snapshotter: "overlayfs".into(),
+            certs_d: None,
+            root: None,
+            root_tmpfs_bytes: None,
+            log_level: "debug".into(),
+            extra_config: String::new(),
+        }
+    }
+}
+
+impl ContainerdOpts {
+    pub fn snapshotter(mut self, s: &str) -> Self {
+        self.snapshotter = s.into();
+        self
+    }
+    pub fn root(mut self, p: impl Into<PathBuf>) -> Self {
+        self.root = Some(p.into());
+        self
+    }
+    pub fn root_tmpfs(mut self, bytes: u64) -> Self {
+        self.root_tmpfs_bytes = Some(bytes);
+        self
+    }
+    pub fn certs_d(mut self, p: impl Into<PathBuf>) -> Self {
+        self.certs_d = Some(p.into());
+        self
+    }
+}
+
+pub struct Containerd {
+    /// The temp dir holding everything (config.toml, sockets, log, state, default root).
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    /// gRPC socket (what cri-imaged connects to).
+    pub socket: PathBuf,
+    pub ttrpc_socket: PathBuf,
+    pub certs_d: PathBuf,
+    pub config: PathBuf,
+    /// containerd's stdout+stderr (appended across restarts).
+    pub log: PathBuf,
+    pub snapshotter: String,
+    child: Option<Child>,
+    root_is_tmpfs: bool,
+    // Last: removed after Drop::drop ran (which kills + unmounts).
+    _tmp: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// Write the config and start containerd; returns once `ctr version` answers.
+    pub fn start(opts: ContainerdOpts) -> Containerd {
+        // Keep the path short: unix socket paths are limited to 108 bytes.
+        let tmp = tempfile::Builder::new()
+            .prefix("ctd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let state = dir.join("state");
+        let socket = dir.join("containerd.sock");
+        let ttrpc_socket = dir.join("containerd.sock.ttrpc");
+        let certs_d = opts.certs_d.clone().unwrap_or_else(|| dir.join("certs.d"));
+        let mut root_is_tmpfs = false;
+        let root = match &opts.root {
+            Some(r) => r.clone(),
+            None => {
+                let r = dir.join("root");
+                std::fs::create_dir_all(&r).unwrap();
+                if let Some(sz) = opts.root_tmpfs_bytes {
+                    mount_tmpfs(&r, sz);
+                    root_is_tmpfs = true;
+                }
+                r
+            }
+        };
+        for d in [
+            &root,
+            &state,
+            &certs_d,
+            &dir.join("opt"),
+            &dir.join("cni/net.d"),
+            &dir.join("cni/bin"),
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let config = dir.join("config.toml");
+        let cfg = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{ttrpc}"
+
+[debug]
+  address = ""
+  level = "{level}"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{dir}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+  disable_cgroup = true
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  disable_hugetlb_controller = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snap}"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{dir}/cni/bin"
+    conf_dir = "{dir}/cni/net.d"
+
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+{extra}
+"#,
+            root = root.display(),
+            state = state.display(),
+            socket = socket.display(),
+            ttrpc = ttrpc_socket.display(),
+            level = opts.log_level,
+            dir = dir.display(),
+            snap = opts.snapshotter,
+            certs = certs_d.display(),
+            extra = opts.extra_config,
+        );
+        std::fs::write(&config, cfg).unwrap();
+        let log = dir.join("containerd.log");
+        let mut c = Containerd {
+            dir,
+            root,
+            state,
+            socket,
+            ttrpc_socket,
+            certs_d,
+            config,
+            log,
+            snapshotter: opts.snapshotter.clone(),
+            child: None,
+            root_is_tmpfs,
+            _tmp: tmp,
+        };
+        c.spawn();
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "containerd already running");
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.ttrpc_socket);
+        let logf = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .process_group(0)
+            .spawn()
+            .expect("spawn containerd");
+        self.child = Some(child);
+    }
+
+    /// PID of the running containerd, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Poll `ctr version` until it succeeds (20 s timeout; panics with the log tail).
+    pub fn wait_ready(&mut self) {
+        let sock = self.socket.clone();
+        let mut exited = false;
+        let ok = wait_for(
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        exited = true;
+                        return true;
+                    }
+                }
+                Command::new("ctr")
+                    .arg("--address")
+                    .arg(&sock)
+                    .arg("version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            },
+            Duration::from_secs(20),
+        );
+        if !ok || exited {
+            panic!(
+                "containerd not ready (exited={exited}); log tail:\n{}",
+                tail_file(&self.log, 40)
+            );
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Keeps dirs; see [`start_again`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id() as i32;
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let exited = wait_for(
+                || matches!(c.try_wait(), Ok(Some(_))),
+                Duration::from_secs(10),
+            );
+            if !exited {
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                let _ = c.wait();
+            }
+            // Reap anything else in its process group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// SIGKILL (simulated crash) and reap. Keeps dirs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id() as i32;
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again with the same dirs, config and socket; waits until ready.
+    pub fn start_again(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// `stop()` + `start_again()`.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// `ctr --address <sock> -n k8s.io <args...>`
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_ns("k8s.io", args)
+    }
+
+    /// `ctr --address <sock> -n <ns> <args...>`
+    pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Like [`ctr`](Self::ctr) but panics unless it succeeds; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {:?} failed:\nstdout: {}\nstderr: {}",
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Image names in k8s.io (`ctr images ls -q`).
+    pub fn image_names(&self) -> Vec<String> {
+        lines(&self.ctr_ok(&["images", "ls", "-q"]))
+    }
+
+    /// Content digests in the content store (`ctr content ls -q`).
+    pub fn content_digests(&self) -> Vec<String> {
+        lines(&self.ctr_ok(&["content", "ls", "-q"]))
+    }
+
+    pub fn has_content(&self, digest: &str) -> bool {
+        self.content_digests().iter().any(|d| d == digest)
+    }
+
+    /// Snapshot keys of this containerd's snapshotter in k8s.io.
+    pub fn snapshot_keys(&self) -> Vec<String> {
+        lines(&self.ctr_ok(&["snapshots", "--snapshotter", &self.snapshotter, "ls"]))
+            .into_iter()
+            .skip(1) // header
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Lease IDs in k8s.io (`ctr leases ls -q`).
+    pub fn leases(&self) -> Vec<String> {
+        lines(&self.ctr_ok(&["leases", "ls", "-q"]))
+    }
+
+    /// `ctr images check` rows as (ref, status, unpacked), e.g.
+    /// ("127.0.0.1:1/x:y", "complete (3/3)", true).
+    pub fn images_check(&self) -> Vec<(String, String, bool)> {
+        let out = self.ctr_ok(&["images", "check"]);
+        out.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                if cols.len() < 5 {
+                    return None;
+                }
+                // REF TYPE DIGEST STATUS(e.g. "complete (3/3)") SIZE UNPACKED
+                let status = if cols[3] == "complete" || cols[3] == "incomplete" {
+                    format!("{} {}", cols[3], cols.get(4).unwrap_or(&""))
+                } else {
+                    cols[3].to_string()
+                };
+                let unpacked = cols.last() == Some(&"true");
+                Some((cols[0].to_string(), status, unpacked))
+            })
+            .collect()
+    }
+
+    /// Whether `ctr plugins ls` shows plugin `<type> <id>` with status ok.
+    pub fn plugin_ok(&self, ty: &str, id: &str) -> bool {
+        let out = self.ctr_ok(&["plugins", "ls"]);
+        out.lines().any(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c.len() >= 4 && c[0] == ty && c[1] == id && c[c.len() - 1] == "ok"
+        })
+    }
+
+    /// Tail of containerd's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail_file(&self.log, n)
+    }
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.kill();
+        // Unmount anything containerd left (snapshot/tmp mounts) before the
+        // temp dir is deleted; also an overridden root outside dir.
+        unmount_under(&self.root, self.root_is_tmpfs);
+        unmount_under(&self.state, false);
+        unmount_under(&self.dir, false);
+    }
+}

@@ -1,0 +1,231 @@
+//! A private `docker-registry` (distribution 2.8) per test.
+use super::{free_port, tail_file, wait_for};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Registry {
+    /// "127.0.0.1:PORT"
+    pub addr: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    /// Process stdout+stderr: debug log + access log lines.
+    pub log: PathBuf,
+    /// (user, password) when started with auth.
+    pub auth: Option<(String, String)>,
+    child: Option<Child>,
+    config: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Self::start_inner(None)
+    }
+
+    /// htpasswd (bcrypt) basic auth; unauthenticated requests get 401 with a Basic challenge.
+    pub fn start_with_auth(user: &str, pass: &str) -> Registry {
+        Self::start_inner(Some((user.to_string(), pass.to_string())))
+    }
+
+    fn start_inner(auth: Option<(String, String)>) -> Registry {
+        let tmp = tempfile::Builder::new()
+            .prefix("reg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let auth_cfg = if let Some((u, p)) = &auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd");
+            assert!(out.status.success(), "htpasswd failed");
+            std::fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: rig-realm\n    path: {}\n",
+                dir.join("htpasswd").display()
+            )
+        } else {
+            String::new()
+        };
+        let log = dir.join("registry.log");
+        let config = dir.join("config.yml");
+        let mut reg = Registry {
+            addr: String::new(),
+            port: 0,
+            dir: dir.clone(),
+            log,
+            auth,
+            child: None,
+            config: config.clone(),
+            _tmp: tmp,
+        };
+        // free_port() is racy: retry a few times if the registry can't bind.
+        for attempt in 0..5 {
+            let port = free_port();
+            let cfg = format!(
+                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\n  fields:\n    service: registry\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: rig-secret\n{auth_cfg}",
+                data = dir.join("data").display(),
+            );
+            std::fs::write(&config, cfg).unwrap();
+            reg.port = port;
+            reg.addr = format!("127.0.0.1:{port}");
+            reg.spawn();
+            if reg.try_wait_ready(Duration::from_secs(15)) {
+                return reg;
+            }
+            reg.kill();
+            if attempt == 4 {
+                panic!(
+                    "docker-registry did not start; log:\n{}",
+                    tail_file(&reg.log, 30)
+                );
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(&mut self) {
+        let logf = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .process_group(0)
+            .spawn()
+            .expect("spawn docker-registry");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop the registry (e.g. to simulate it going away). Storage is kept.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Start it again on the same port with the same storage.
+    pub fn start_again(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn try_wait_ready(&mut self, t: Duration) -> bool {
+        let addr = self.addr.clone();
+        let child = self.child.as_mut().unwrap();
+        wait_for(
+            || {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return true; // exited: fail fast
+                }
+                matches!(http_status(&addr, "GET", "/v2/"), Some(200) | Some(401))
+            },
+            t,
+        ) && matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    /// Poll GET /v2/ until 200 or 401 (15 s timeout).
+    pub fn wait_ready(&mut self) {
+        if !self.try_wait_ready(Duration::from_secs(15)) {
+            panic!("registry not ready; log:\n{}", tail_file(&self.log, 30));
+        }
+    }
+
+    /// "127.0.0.1:PORT/<repo>:<tag>"
+    pub fn image_ref(&self, repo: &str, tag: &str) -> String {
+        format!("{}/{}:{}", self.addr, repo, tag)
+    }
+
+    /// Access-log request lines: (method, path, status).
+    pub fn access_log(&self) -> Vec<(String, String, u16)> {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.lines()
+            .filter_map(|l| {
+                // 127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 200 157 "" "ua"
+                if l.starts_with("time=") {
+                    return None;
+                }
+                let q1 = l.find('"')?;
+                let rest = &l[q1 + 1..];
+                let q2 = rest.find('"')?;
+                let req = &rest[..q2];
+                let mut parts = req.split(' ');
+                let method = parts.next()?.to_string();
+                let path = parts.next()?.to_string();
+                let status: u16 = rest[q2 + 1..].split_whitespace().next()?.parse().ok()?;
+                Some((method, path, status))
+            })
+            .collect()
+    }
+
+    /// Number of successful (200/206/307) GETs of `/v2/<any repo>/blobs/<digest>`.
+    /// Note: the access log line is written when the response completes.
+    pub fn blob_get_count(&self, digest: &str) -> usize {
+        let suffix = format!("/blobs/{digest}");
+        self.access_log()
+            .iter()
+            .filter(|(m, p, s)| {
+                m == "GET"
+                    && p.split('?').next().unwrap_or("").ends_with(&suffix)
+                    && matches!(s, 200 | 206 | 307)
+            })
+            .count()
+    }
+
+    /// Number of successful GETs (200) of `/v2/<repo>/manifests/<reference>`, with
+    /// `reference` a tag or digest; `None` counts all manifest GETs.
+    pub fn manifest_get_count(&self, reference: Option<&str>) -> usize {
+        self.access_log()
+            .iter()
+            .filter(|(m, p, s)| {
+                m == "GET"
+                    && *s == 200
+                    && p.contains("/manifests/")
+                    && match reference {
+                        Some(r) => p.ends_with(&format!("/manifests/{r}")),
+                        None => true,
+                    }
+            })
+            .count()
+    }
+
+    /// Count access-log lines whose method matches and path contains `needle`.
+    pub fn request_count(&self, method: &str, needle: &str) -> usize {
+        self.access_log()
+            .iter()
+            .filter(|(m, p, _)| m == method && p.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal blocking HTTP/1.0 request; returns the status code.
+pub fn http_status(addr: &str, method: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
