@@ -253,36 +253,64 @@ impl Store {
 
     /// Keep the index in sync forever: subscribe to image events, resync,
     /// apply events; on any break mark unsynced and retry with backoff.
+    ///
+    /// containerd sends the subscription's response headers only with the
+    /// first event, so the subscription runs in its own task that forwards
+    /// events; the resync starts once the request is on its way.
     pub async fn run_sync(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.cd.subscribe_images().await {
-                Ok(mut events) => match self.resync().await {
-                    Ok(()) => {
-                        if !self.synced.swap(true, Ordering::AcqRel) {
-                            tracing::info!(images = self.len(), "image index in sync with containerd");
-                        }
-                        backoff = Duration::from_millis(100);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<crate::containerd::Envelope, String>>(1024);
+            let cd = self.cd.clone();
+            let sub = tokio::spawn(async move {
+                match cd.subscribe_images().await {
+                    Ok(mut events) => {
                         while let Some(ev) = events.next().await {
-                            match ev {
-                                Ok(env) => self.apply_event(env).await,
-                                Err(e) => {
-                                    tracing::warn!(error = %e.message(), "containerd event stream broke");
+                            let item = ev.map_err(|e| e.message().to_string());
+                            let end = item.is_err();
+                            if tx.send(item).await.is_err() || end {
+                                return;
+                            }
+                        }
+                        let _ = tx.send(Err("event stream ended".into())).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                    }
+                }
+            });
+            // Give the subscription a moment to reach containerd before listing.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match self.resync().await {
+                Ok(()) => {
+                    if !self.synced.swap(true, Ordering::AcqRel) {
+                        tracing::info!(images = self.len(), "image index in sync with containerd");
+                    }
+                    backoff = Duration::from_millis(100);
+                    let mut periodic = tokio::time::interval(Duration::from_secs(60));
+                    periodic.tick().await;
+                    loop {
+                        tokio::select! {
+                            ev = rx.recv() => match ev {
+                                Some(Ok(env)) => self.apply_event(env).await,
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "containerd event stream broke; reconnecting");
+                                    break;
+                                }
+                                None => break,
+                            },
+                            _ = periodic.tick() => {
+                                if let Err(e) = self.resync().await {
+                                    tracing::warn!(error = %e, "periodic resync failed");
                                     break;
                                 }
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot list containerd images"),
-                },
-                Err(e) => {
-                    if self.synced.load(Ordering::Acquire) {
-                        tracing::warn!(error = %e, "lost containerd; reconnecting");
-                    } else {
-                        tracing::debug!(error = %e, "containerd not reachable yet");
-                    }
                 }
+                Err(e) => tracing::debug!(error = %e, "containerd not reachable"),
             }
+            sub.abort();
             self.synced.store(false, Ordering::Release);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -19,11 +19,13 @@
 #![allow(unused_imports)]
 
 pub mod containerd;
+pub mod daemon;
 pub mod image;
 pub mod push;
 pub mod registry;
 
 pub use containerd::{Containerd, ContainerdOpts};
+pub use daemon::*;
 pub use image::base_layer;
 pub use image::{
     standard_images, BuiltImage, BuiltIndex, Compression, Entry, ImageBuilder, IndexBuilder, Layer,
