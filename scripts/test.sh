@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run every test: unit tests, integration tests against a real containerd and
+# docker-registry, the chart checks and a smoke-sized benchmark.
+# Needs root (containerd, overlay mounts). Usage: scripts/test.sh
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+bash scripts/install-deps.sh
+export CARGO_TERM_COLOR=never
+cargo build --locked --all-targets
+# Integration tests run containerd instances; two at a time suits 2 cores.
+cargo test --locked -- --test-threads="${TEST_THREADS:-2}"
+CRI_IMAGED_BIN=target/debug/cri-imaged bash tests/chart.sh
+if [ -x target/debug/cri-imaged-bench ] || grep -q 'name = "cri-imaged-bench"' Cargo.toml; then
+  cargo run --locked --quiet --bin cri-imaged-bench -- --smoke --out target/bench-smoke.md
+fi
