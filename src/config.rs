@@ -47,6 +47,10 @@ pub struct Config {
     pub socket_mode: String,
     /// Group (name or numeric gid) owning the socket; empty = the process's group.
     pub socket_group: String,
+    /// Take over a socket another live instance serves (rolling upgrades with
+    /// surge): the new socket is renamed over the old path and the metrics
+    /// port is bound with SO_REUSEPORT. Off: a live socket refuses the start.
+    pub socket_takeover: bool,
     /// containerd's gRPC socket.
     pub containerd_address: PathBuf,
     /// containerd namespace holding the images (containerd's CRI uses k8s.io).
@@ -99,6 +103,7 @@ impl Default for Config {
             listen: PathBuf::from("/run/cri-imaged/cri-imaged.sock"),
             socket_mode: "0660".into(),
             socket_group: String::new(),
+            socket_takeover: false,
             containerd_address: PathBuf::from("/run/containerd/containerd.sock"),
             containerd_namespace: "k8s.io".into(),
             snapshotter: "overlayfs".into(),

@@ -260,6 +260,7 @@ pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// Serve /metrics, /healthz and /readyz until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
+    reuse_port: bool,
     metrics: Arc<Metrics>,
     ready: ReadyCheck,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -293,7 +294,18 @@ pub async fn serve(
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        // A newer instance taking over (socket_takeover) shares the port until we exit.
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    let listener = socket.listen(128)?;
     tracing::info!(%addr, "metrics server listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

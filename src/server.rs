@@ -27,19 +27,25 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
     }
+    let mut bind_path = path.clone();
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() && cfg.socket_takeover {
+            tracing::info!(socket = %path.display(), "another instance serves this socket; taking it over (socket_takeover)");
+            bind_path = path.with_extension(format!("new-{}", std::process::id()));
+            let _ = std::fs::remove_file(&bind_path);
+        } else if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
-                "another process is serving on {}: refusing to start a second instance (stop it or choose another `listen` path)",
+                "another process is serving on {}: refusing to start a second instance (stop it, choose another `listen` path, or set socket_takeover)",
                 path.display()
             );
+        } else {
+            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(&bind_path).with_context(|| format!("binding {}", bind_path.display()))?;
     let mode = cfg.socket_mode_bits()?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {:o} on {}", mode, path.display()))?;
+    std::fs::set_permissions(&bind_path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {:o} on {}", mode, bind_path.display()))?;
     if !cfg.socket_group.is_empty() {
         let gid = match cfg.socket_group.parse::<u32>() {
             Ok(g) => g,
@@ -49,8 +55,12 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
                 .map(|g| g.gid.as_raw())
                 .with_context(|| format!("socket_group {:?} does not exist", cfg.socket_group))?,
         };
-        nix::unistd::chown(path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
-            .with_context(|| format!("chown {} to group {gid}", path.display()))?;
+        nix::unistd::chown(bind_path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("chown {} to group {gid}", bind_path.display()))?;
+    }
+    if bind_path != *path {
+        // Atomic: new connections reach us; the old instance keeps its open ones.
+        std::fs::rename(&bind_path, path).with_context(|| format!("renaming {} over {}", bind_path.display(), path.display()))?;
     }
     Ok(listener)
 }
@@ -111,6 +121,10 @@ pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     let daemon = build(&cfg)?;
     let svc = daemon.service.clone();
     let listener = bind_socket(&cfg)?;
+    let socket_ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&cfg.listen).ok().map(|m| m.ino())
+    };
     tracing::info!(
         socket = %cfg.listen.display(),
         containerd = %cfg.containerd_address.display(),
@@ -130,6 +144,7 @@ pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
 
     if !cfg.metrics_address.is_empty() {
         let addr = cfg.metrics_address.parse()?;
+        let reuse_port = cfg.socket_takeover;
         let m = svc.metrics.clone();
         let store = svc.store.clone();
         let socket_path = cfg.listen.clone();
@@ -148,7 +163,7 @@ pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
         let mut rx = stop_rx.clone();
         let m2 = svc.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m2, ready, async move {
+            if let Err(e) = metrics::serve(addr, reuse_port, m2, ready, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
@@ -163,14 +178,21 @@ pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     for b in background {
         b.abort();
     }
-    remove_socket_if_ours(&cfg.listen);
+    remove_socket_if_ours(&cfg.listen, socket_ino);
     tracing::info!("cri-imaged stopped");
     Ok(())
 }
 
-fn remove_socket_if_ours(path: &Path) {
-    // A second instance never binds a live socket, so the file is ours.
-    let _ = std::fs::remove_file(path);
+/// Remove the socket only when the file is still the one we bound (a newer
+/// instance may have taken the path over).
+fn remove_socket_if_ours(path: &Path, ino: Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), ino) {
+        (Ok(m), Some(i)) if m.ino() != i => {}
+        _ => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHandle<()>> {

@@ -1,0 +1,64 @@
+//! socket_takeover: a new instance takes the socket over from a live one (the
+//! chart's surge upgrade), and the old one's exit leaves the new socket alone.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_instance_takes_the_socket_over() {
+    let env = TestEnv::start();
+    let mut old = CriImaged::start(&env.containerd);
+    old.wait_synced().await;
+    let ino_old = std::fs::metadata(&old.socket).unwrap().ino();
+
+    let text = std::fs::read_to_string(&old.config).unwrap();
+    let cfg2 = old.dir.path().join("new.yaml");
+    let text2 = text
+        .lines()
+        .filter(|l| !l.starts_with("metrics_address"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + &format!("\nmetrics_address: \"{}\"\nsocket_takeover: true\n", old.metrics_addr);
+    std::fs::write(&cfg2, text2).unwrap();
+    let log2 = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
+        .args(["serve", "--config"])
+        .arg(&cfg2)
+        .stdin(Stdio::null())
+        .stdout(log2.try_clone().unwrap())
+        .stderr(log2)
+        .spawn()
+        .unwrap();
+    let sock = old.socket.clone();
+    assert!(
+        wait_for(
+            || std::fs::metadata(&sock).map(|m| m.ino() != ino_old).unwrap_or(false),
+            Duration::from_secs(20)
+        ),
+        "the new instance did not take the socket over: {}",
+        tail_file(&old.dir.path().join("new.log"), 20)
+    );
+    // Both share the metrics port meanwhile (SO_REUSEPORT).
+    assert_eq!(old.http_get("/healthz").await.0, 200);
+
+    // The old instance exits cleanly and leaves the new socket in place.
+    assert_eq!(old.stop(), Some(0));
+    assert!(old.socket.exists(), "old instance removed the new instance's socket");
+    let mut c = cri_client(&old.socket).await;
+    for _ in 0..100 {
+        if c.list_images(k8s_cri::v1::ListImagesRequest { filter: None }).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.list_images(k8s_cri::v1::ListImagesRequest { filter: None }).await.expect("new instance serves");
+    unsafe {
+        libc::kill(new.id() as i32, libc::SIGTERM);
+    }
+    let st = new.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+}
