@@ -172,8 +172,7 @@ pub(crate) fn parse_www_authenticate(header: &str) -> Vec<Challenge> {
             // auth-param
             j += 1;
             skip_ws(&mut j);
-            let value;
-            if j < b.len() && b[j] == b'"' {
+            let value = if j < b.len() && b[j] == b'"' {
                 j += 1;
                 let mut v = Vec::new();
                 while j < b.len() && b[j] != b'"' {
@@ -184,14 +183,14 @@ pub(crate) fn parse_www_authenticate(header: &str) -> Vec<Challenge> {
                     j += 1;
                 }
                 j += 1; // closing quote
-                value = String::from_utf8_lossy(&v).into_owned();
+                String::from_utf8_lossy(&v).into_owned()
             } else {
                 let vs = j;
                 while j < b.len() && b[j] != b',' && !b[j].is_ascii_whitespace() {
                     j += 1;
                 }
-                value = header[vs..j].to_string();
-            }
+                header[vs..j].to_string()
+            };
             i = j;
             if let Some(c) = out.last_mut() {
                 c.params.insert(tok.to_ascii_lowercase(), value);

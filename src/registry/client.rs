@@ -104,7 +104,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn is_cert_error(e: &reqwest::Error) -> bool {
     let s = error_chain(e).to_ascii_lowercase();
-    s.contains("certificate") || s.contains("unknownissuer") || s.contains("notvalidforname")
+    s.contains("certificate") || s.contains("unknownissuer") || s.contains("notvalidforname") || s.contains("received fatal alert")
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -267,10 +267,17 @@ impl Transport {
                 Err(SendError::Fatal(e)) => return Err(e),
                 Err(SendError::Net(e)) => {
                     if is_cert_error(&e) {
-                        return Err(RegistryError::Tls(format!(
-                            "TLS certificate verification failed for {hostport}: {}; configure the registry CA with `ca` (or `skip_verify = true`) in hosts.toml",
-                            error_chain(&e)
-                        )));
+                        let chain = error_chain(&e);
+                        let msg = if chain.to_ascii_lowercase().contains("received fatal alert") {
+                            format!(
+                                "TLS handshake with {hostport} rejected by the server: {chain}; if the registry requires a client certificate set `client` in hosts.toml (and `ca` / `skip_verify` for its server certificate)"
+                            )
+                        } else {
+                            format!(
+                                "TLS certificate verification failed for {hostport}: {chain}; configure the registry CA with `ca` (or `skip_verify = true`) in hosts.toml"
+                            )
+                        };
+                        return Err(RegistryError::Tls(msg));
                     }
                     last = error_chain(&e);
                     delay = backoff(attempt);
@@ -448,6 +455,15 @@ impl Transport {
             };
             let resp = self.send_retry(&client, &req, "registry request").await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
+                // A token obtained for the challenge's scope was accepted:
+                // remember it under this repository's pull scope too, so the
+                // next request can be authorized up front.
+                if let Some(k) = token_key.filter(|k| k.scope != scope) {
+                    let mut toks = self.tokens.lock().unwrap();
+                    if let Some(v) = toks.get(&k).cloned() {
+                        toks.insert(TokenKey { scope: scope.clone(), ..k }, v);
+                    }
+                }
                 return Ok(resp);
             }
             if let Some(k) = token_key.take() {
@@ -471,6 +487,12 @@ impl Transport {
                 }
             }
             let cache_key = (t.ep_host.clone(), t.cred_id());
+            {
+                let mut chs = self.challenges.lock().unwrap();
+                if chs.len() > 4096 {
+                    chs.clear();
+                }
+            }
             if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
                 self.challenges.lock().unwrap().insert(cache_key, b.clone());
                 let sc = b.params.get("scope").filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| scope.clone());

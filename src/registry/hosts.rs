@@ -90,7 +90,7 @@ struct RawFile {
     override_path: Option<bool>,
     header: Option<toml::Table>,
     #[serde(default)]
-    host: BTreeMap<String, toml::Spanned<RawHost>>,
+    host: BTreeMap<String, RawHost>,
 }
 
 fn validate_domain(domain: &str) -> Result<(), RegistryError> {
@@ -153,19 +153,20 @@ pub(crate) fn parse_hosts_toml(
     let perr = |msg: String| RegistryError::Protocol(format!("invalid {}: {msg}", file.display()));
     let raw: RawFile = toml::from_str(text).map_err(|e| perr(e.to_string().trim_end().to_string()))?;
 
-    // Order the [host."..."] tables as they appear in the file.
-    let mut hosts: Vec<(usize, String, RawHost)> = raw
-        .host
-        .into_iter()
-        .map(|(k, v)| {
-            let start = v.span().start;
-            (start, k, v.into_inner())
-        })
-        .collect();
-    hosts.sort_by_key(|(start, _, _)| *start);
+    // Order the [host."..."] tables as they appear in the file (the toml
+    // crate's tables are sorted maps, so recover the order from the text).
+    let order = host_key_order(text);
+    let mut remaining = raw.host;
+    let mut hosts: Vec<(String, RawHost)> = Vec::with_capacity(remaining.len());
+    for k in order {
+        if let Some(h) = remaining.remove(&k) {
+            hosts.push((k, h));
+        }
+    }
+    hosts.extend(remaining); // not found by the scanner: keep sorted order
 
     let mut out = Vec::with_capacity(hosts.len() + 1);
-    for (_, key, h) in hosts {
+    for (key, h) in hosts {
         let url = normalize_url(&key).map_err(|m| perr(format!("host {key:?}: {m}")))?;
         out.push(HostEndpoint {
             url,
@@ -197,6 +198,95 @@ pub(crate) fn parse_hosts_toml(
         headers: parse_headers(raw.header.as_ref()).map_err(|m| perr(format!("header: {m}")))?,
     });
     Ok(out)
+}
+
+/// Parse a dotted TOML key (`host."http://x:5000".header`) from the start
+/// of `s`; returns the key parts, or None if `s` does not start with a key.
+fn parse_dotted_key(s: &str) -> Option<Vec<String>> {
+    let mut parts = vec![];
+    let mut it = s.chars().peekable();
+    loop {
+        while it.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+            it.next();
+        }
+        let mut part = String::new();
+        match it.peek()? {
+            '"' => {
+                it.next();
+                loop {
+                    match it.next()? {
+                        '"' => break,
+                        '\\' => match it.next()? {
+                            'n' => part.push('\n'),
+                            't' => part.push('\t'),
+                            c => part.push(c),
+                        },
+                        c => part.push(c),
+                    }
+                }
+            }
+            '\'' => {
+                it.next();
+                loop {
+                    match it.next()? {
+                        '\'' => break,
+                        c => part.push(c),
+                    }
+                }
+            }
+            _ => {
+                while let Some(c) = it.peek() {
+                    if c.is_ascii_alphanumeric() || *c == '_' || *c == '-' {
+                        part.push(*c);
+                        it.next();
+                    } else {
+                        break;
+                    }
+                }
+                if part.is_empty() {
+                    return None;
+                }
+            }
+        }
+        parts.push(part);
+        while it.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+            it.next();
+        }
+        if it.peek() == Some(&'.') {
+            it.next();
+        } else {
+            return Some(parts);
+        }
+    }
+}
+
+/// Keys of the `host` table in order of first appearance in the text:
+/// `[host."k"]` / `[host."k".sub]` headers and top-level `host."k" = ...`.
+fn host_key_order(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    let mut at_root = true;
+    for line in text.lines() {
+        let l = line.trim_start();
+        let key = if let Some(rest) = l.strip_prefix('[') {
+            if rest.starts_with('[') {
+                at_root = false;
+                continue;
+            }
+            let k = parse_dotted_key(rest);
+            at_root = false;
+            k
+        } else if at_root {
+            parse_dotted_key(l)
+        } else {
+            None
+        };
+        if let Some(parts) = key {
+            if parts.len() >= 2 && parts[0] == "host" && !out.contains(&parts[1]) {
+                out.push(parts[1].clone());
+            }
+        }
+    }
+    out
 }
 
 fn normalize_url(s: &str) -> Result<String, String> {
@@ -353,6 +443,26 @@ server = "https://registry.example.com"
         );
         assert_eq!(h[3].capabilities, vec!["pull", "resolve", "push"]);
         assert_eq!(h[0].host(), "zzz.mirror:5000");
+    }
+
+    #[test]
+    fn implicit_and_inline_host_tables() {
+        let text = r#"
+unknown_key = 1
+[host."https://b.example".header]
+  x-a = "1"
+[host."https://a.example"]
+"#;
+        let h = parse(text, "x").unwrap();
+        let urls: Vec<_> = h.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(urls, vec!["https://b.example", "https://a.example", "https://x"]);
+        let text = "host.\"https://z\" = { capabilities = [\"pull\"] }\nhost.\"https://a\" = {}\n";
+        let h = parse(text, "x").unwrap();
+        let urls: Vec<_> = h.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(urls, vec!["https://z", "https://a", "https://x"]);
+        // bare host key without scheme → https
+        let h = parse("[host.\"mirror.local:5000\"]\n", "x").unwrap();
+        assert_eq!(h[0].url, "https://mirror.local:5000");
     }
 
     #[test]
