@@ -428,6 +428,25 @@ impl Containerd {
         }
     }
 
+    /// Reference an existing resource from a lease ("content" with a digest,
+    /// or "snapshots/<snapshotter>" with a key) so GC keeps it meanwhile.
+    pub async fn lease_add(&self, lease: &str, kind: &str, id: &str) -> Result<()> {
+        let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
+        c.add_resource(self.req(
+            api::AddResourceRequest {
+                id: lease.into(),
+                resource: Some(api::Resource {
+                    id: id.into(),
+                    r#type: kind.into(),
+                }),
+            },
+            None,
+        ))
+        .await
+        .map_err(|s| self.err(s))?;
+        Ok(())
+    }
+
     pub async fn list_leases(&self) -> Result<Vec<api::Lease>> {
         let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
         let r = c

@@ -171,6 +171,7 @@ pub async fn write_bytes(
     labels: HashMap<String, String>,
 ) -> Result<Fetched, PullError> {
     if ctx.cd.content_info(&desc.digest).await?.is_some() {
+        ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
         if !labels.is_empty() {
             ctx.cd.label_content(&desc.digest, labels).await?;
         }
@@ -202,6 +203,8 @@ pub async fn fetch_blob(
     labels: HashMap<String, String>,
 ) -> Result<Fetched, PullError> {
     if ctx.cd.content_info(&desc.digest).await?.is_some() {
+        // Keep it for this pull even if the image that brought it is removed meanwhile.
+        ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
         return Ok(Fetched::Reused);
     }
     let mut w = match open(ctx, desc).await? {

@@ -156,6 +156,7 @@ pub struct Puller {
     metrics: Arc<Metrics>,
     global_downloads: Arc<Semaphore>,
     flights: singleflight::SingleFlight<FlightKey, Result<PullReport, PullError>>,
+    blob_flights: singleflight::SingleFlight<String, Result<Fetched, PullError>>,
 }
 
 impl Puller {
@@ -174,6 +175,7 @@ impl Puller {
             metrics,
             global_downloads: Arc::new(Semaphore::new(global_downloads.max(1))),
             flights: singleflight::SingleFlight::default(),
+            blob_flights: singleflight::SingleFlight::default(),
         })
     }
 
@@ -382,13 +384,32 @@ impl Puller {
         }
         let fetches = man.layers.iter().cloned().zip(senders).map(|(layer, done)| {
             let ctx = ctx.clone();
+            let this_b = self.clone();
             let per_pull = per_pull.clone();
             let global = self.global_downloads.clone();
             let source = source.clone();
             async move {
                 let _p = per_pull.acquire_owned().await.map_err(|_| PullError::Canceled)?;
                 let _g = global.acquire_owned().await.map_err(|_| PullError::Canceled)?;
-                let r = fetch::fetch_blob(&ctx, &layer, HashMap::from([source])).await?;
+                // One download per blob in this process, even across different images.
+                let joined = this_b
+                    .blob_flights
+                    .run(
+                        layer.digest.clone(),
+                        {
+                            let ctx = ctx.clone();
+                            let layer = layer.clone();
+                            move || async move { fetch::fetch_blob(&ctx, &layer, HashMap::from([source])).await }
+                        },
+                        || Err(PullError::Canceled),
+                    )
+                    .await;
+                let mut r = joined.value?;
+                if joined.coalesced {
+                    // Fetched under another pull's lease: reference it from ours too.
+                    ctx.cd.lease_add(&ctx.lease, "content", &layer.digest).await?;
+                    r = Fetched::Reused;
+                }
                 match r {
                     Fetched::Reused => ctx.metrics.layers_reused.inc(),
                     Fetched::Downloaded(_) => ctx.metrics.layers_fetched.inc(),

@@ -26,6 +26,9 @@ pub async fn unpack(
     for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
         let chain_id = &chain[i];
         if ctx.cd.snapshot_exists(&ctx.snapshotter, chain_id).await? {
+            ctx.cd
+                .lease_add(&ctx.lease, &format!("snapshots/{}", ctx.snapshotter), chain_id)
+                .await?;
             // Still wait for the blob: the image must be complete in content too.
             done.await.map_err(|_| PullError::Canceled)?;
             parent = chain_id.clone();
