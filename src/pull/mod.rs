@@ -395,7 +395,9 @@ impl Puller {
                 let joined = this_b
                     .blob_flights
                     .run(
-                        layer.digest.clone(),
+                        // Same source and credentials only: another pull's failure
+                        // (say, unauthorized) must not become ours.
+                        format!("{}|{}/{}|{}", layer.digest, ctx.domain, ctx.repo, ctx.auth.fingerprint()),
                         {
                             let ctx = ctx.clone();
                             let layer = layer.clone();
