@@ -56,6 +56,23 @@ impl Managed {
                 let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log);
                 let mut cmd = tokio::process::Command::new(&binary);
                 cmd.arg("--config").arg(&cfg_path).stdin(Stdio::null()).kill_on_drop(true);
+                // If we die without stopping it (SIGKILL, crash), containerd gets
+                // SIGTERM instead of running on unsupervised. Worker threads of
+                // the runtime live as long as the process, so the thread-exit
+                // semantics of PDEATHSIG do not fire early.
+                let parent = std::process::id() as libc::pid_t;
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        if libc::getppid() != parent {
+                            // Already orphaned between fork and prctl.
+                            libc::_exit(1);
+                        }
+                        Ok(())
+                    });
+                }
                 if let Ok(f) = logf {
                     if let Ok(f2) = f.try_clone() {
                         cmd.stdout(f).stderr(f2);

@@ -39,6 +39,11 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         } else {
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
+            if !is_socket {
+                bail!("{} exists and is not a unix socket: refusing to replace it (check `listen`)", path.display());
+            }
             std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
         }
     }
@@ -199,6 +204,20 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
     let mut v = Vec::new();
     v.push(tokio::spawn(svc.store.clone().run_sync()));
     v.push(tokio::spawn(svc.imagefs.clone().run(cfg.imagefs_sample_interval)));
+    // Snapshots a killed predecessor left mid-unpack (retried until containerd answers).
+    let (cd, mut snapshotters) = (svc.store.containerd().clone(), vec![cfg.snapshotter.clone()]);
+    snapshotters.extend(cfg.runtime_handler_snapshotters.values().cloned());
+    snapshotters.sort();
+    snapshotters.dedup();
+    v.push(tokio::spawn(async move {
+        for _ in 0..60 {
+            match crate::pull::cleanup_interrupted(&cd, &snapshotters).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "cleanup of interrupted unpacks: retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }));
     // Gauges that mirror state.
     let (store, m, fs) = (svc.store.clone(), svc.metrics.clone(), svc.imagefs.clone());
     v.push(tokio::spawn(async move {

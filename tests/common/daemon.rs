@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{wait_for, Containerd};
@@ -56,7 +56,11 @@ impl CriImaged {
     }
 
     pub fn start_again(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -68,7 +72,10 @@ impl CriImaged {
         self.child = Some(child);
         let sock = self.socket.clone();
         assert!(
-            wait_for(|| std::os::unix::net::UnixStream::connect(&sock).is_ok(), Duration::from_secs(20)),
+            wait_for(
+                || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+                Duration::from_secs(20)
+            ),
             "cri-imaged did not start: {}",
             super::tail_file(&self.log, 40)
         );
@@ -112,7 +119,9 @@ impl CriImaged {
 
     /// GET a path on the metrics server: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("http://{}{}", self.metrics_addr, path)).await.expect("metrics server");
+        let r = reqwest::get(format!("http://{}{}", self.metrics_addr, path))
+            .await
+            .expect("metrics server");
         let st = r.status().as_u16();
         (st, r.text().await.unwrap_or_default())
     }
@@ -121,12 +130,18 @@ impl CriImaged {
     pub async fn wait_synced(&self) {
         let mut c = self.client().await;
         for _ in 0..200 {
-            if c.list_images(cri::ListImagesRequest { filter: None }).await.is_ok() {
+            if c.list_images(cri::ListImagesRequest { filter: None })
+                .await
+                .is_ok()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("cri-imaged never synced: {}", super::tail_file(&self.log, 40));
+        panic!(
+            "cri-imaged never synced: {}",
+            super::tail_file(&self.log, 40)
+        );
     }
 }
 
@@ -134,7 +149,10 @@ impl Drop for CriImaged {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- cri-imaged log ---\n{}", super::tail_file(&self.log, 60));
+            eprintln!(
+                "--- cri-imaged log ---\n{}",
+                super::tail_file(&self.log, 60)
+            );
         }
     }
 }
@@ -146,7 +164,9 @@ pub async fn cri_client(socket: &Path) -> ImageServiceClient<Channel> {
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
             }
         }))
         .await
@@ -155,33 +175,60 @@ pub async fn cri_client(socket: &Path) -> ImageServiceClient<Channel> {
 }
 
 pub fn spec(image: &str) -> Option<cri::ImageSpec> {
-    Some(cri::ImageSpec { image: image.to_string(), ..Default::default() })
+    Some(cri::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
 }
 
 pub async fn status(c: &mut ImageServiceClient<Channel>, image: &str) -> Option<cri::Image> {
-    c.image_status(cri::ImageStatusRequest { image: spec(image), verbose: false })
-        .await
-        .expect("ImageStatus")
-        .into_inner()
-        .image
+    c.image_status(cri::ImageStatusRequest {
+        image: spec(image),
+        verbose: false,
+    })
+    .await
+    .expect("ImageStatus")
+    .into_inner()
+    .image
 }
 
 pub async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<cri::Image> {
-    c.list_images(cri::ListImagesRequest { filter: None }).await.expect("ListImages").into_inner().images
+    c.list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images
 }
 
-pub async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<String, tonic::Status> {
-    c.pull_image(cri::PullImageRequest { image: spec(image), auth: None, sandbox_config: None })
-        .await
-        .map(|r| r.into_inner().image_ref)
+pub async fn pull(
+    c: &mut ImageServiceClient<Channel>,
+    image: &str,
+) -> Result<String, tonic::Status> {
+    c.pull_image(cri::PullImageRequest {
+        image: spec(image),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
 }
 
-pub async fn pull_auth(c: &mut ImageServiceClient<Channel>, image: &str, auth: cri::AuthConfig) -> Result<String, tonic::Status> {
-    c.pull_image(cri::PullImageRequest { image: spec(image), auth: Some(auth), sandbox_config: None })
-        .await
-        .map(|r| r.into_inner().image_ref)
+pub async fn pull_auth(
+    c: &mut ImageServiceClient<Channel>,
+    image: &str,
+    auth: cri::AuthConfig,
+) -> Result<String, tonic::Status> {
+    c.pull_image(cri::PullImageRequest {
+        image: spec(image),
+        auth: Some(auth),
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
 }
 
 pub async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<(), tonic::Status> {
-    c.remove_image(cri::RemoveImageRequest { image: spec(image) }).await.map(|_| ())
+    c.remove_image(cri::RemoveImageRequest { image: spec(image) })
+        .await
+        .map(|_| ())
 }
