@@ -55,7 +55,13 @@ impl FailureReason {
 }
 
 pub const PHASES: [&str; 4] = ["resolve", "fetch", "unpack", "records"];
-pub const RPC_METHODS: [&str; 5] = ["ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"];
+pub const RPC_METHODS: [&str; 5] = [
+    "ListImages",
+    "ImageStatus",
+    "PullImage",
+    "RemoveImage",
+    "ImageFsInfo",
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -88,55 +94,94 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let grpc_requests = must(IntCounterVec::new(
-            Opts::new("cri_imaged_grpc_requests_total", "CRI gRPC requests by method and status code."),
+            Opts::new(
+                "cri_imaged_grpc_requests_total",
+                "CRI gRPC requests by method and status code.",
+            ),
             &["method", "code"],
         ));
         let grpc_duration = must(HistogramVec::new(
-            HistogramOpts::new("cri_imaged_grpc_request_duration_seconds", "CRI gRPC request latency by method.")
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                    2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-                ]),
+            HistogramOpts::new(
+                "cri_imaged_grpc_request_duration_seconds",
+                "CRI gRPC request latency by method.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ]),
             &["method"],
         ));
         let pulls = must(IntCounterVec::new(
-            Opts::new("cri_imaged_pulls_total", "Image pulls by result (success or failure)."),
+            Opts::new(
+                "cri_imaged_pulls_total",
+                "Image pulls by result (success or failure).",
+            ),
             &["result"],
         ));
         let pull_failures = must(IntCounterVec::new(
-            Opts::new("cri_imaged_pull_failures_total", "Failed image pulls by reason."),
+            Opts::new(
+                "cri_imaged_pull_failures_total",
+                "Failed image pulls by reason.",
+            ),
             &["reason"],
         ));
-        let pulls_in_flight = must(IntGauge::new("cri_imaged_pulls_in_flight", "Image pulls in progress."));
+        let pulls_in_flight = must(IntGauge::new(
+            "cri_imaged_pulls_in_flight",
+            "Image pulls in progress.",
+        ));
         let pulls_coalesced = must(IntCounter::new(
             "cri_imaged_pulls_coalesced_total",
             "PullImage calls that joined a pull already in progress.",
         ));
         let pull_duration = must(Histogram::with_opts(
-            HistogramOpts::new("cri_imaged_pull_duration_seconds", "Wall time of image pulls.").buckets(vec![
-                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+            HistogramOpts::new(
+                "cri_imaged_pull_duration_seconds",
+                "Wall time of image pulls.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                1200.0, 1800.0,
             ]),
         ));
         let phase_duration = must(HistogramVec::new(
-            HistogramOpts::new("cri_imaged_pull_phase_duration_seconds", "Time spent in each pull phase.")
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-                ]),
+            HistogramOpts::new(
+                "cri_imaged_pull_phase_duration_seconds",
+                "Time spent in each pull phase.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                1800.0,
+            ]),
             &["phase"],
         ));
         let bytes_fetched = must(IntCounter::new(
             "cri_imaged_fetched_bytes_total",
             "Bytes received from registries (blobs and manifests).",
         ));
-        let layers_fetched = must(IntCounter::new("cri_imaged_layers_fetched_total", "Layers downloaded."));
+        let layers_fetched = must(IntCounter::new(
+            "cri_imaged_layers_fetched_total",
+            "Layers downloaded.",
+        ));
         let layers_reused = must(IntCounter::new(
             "cri_imaged_layers_reused_total",
             "Layers already in containerd's content store, not downloaded.",
         ));
-        let removals = must(IntCounter::new("cri_imaged_image_removals_total", "Images removed."));
-        let images = must(IntGauge::new("cri_imaged_images", "Images known to the index."));
-        let imagefs_used_bytes = must(Gauge::new("cri_imaged_imagefs_used_bytes", "Bytes used by the snapshotter."));
-        let imagefs_inodes_used = must(Gauge::new("cri_imaged_imagefs_inodes_used", "Inodes used by the snapshotter."));
+        let removals = must(IntCounter::new(
+            "cri_imaged_image_removals_total",
+            "Images removed.",
+        ));
+        let images = must(IntGauge::new(
+            "cri_imaged_images",
+            "Images known to the index.",
+        ));
+        let imagefs_used_bytes = must(Gauge::new(
+            "cri_imaged_imagefs_used_bytes",
+            "Bytes used by the snapshotter.",
+        ));
+        let imagefs_inodes_used = must(Gauge::new(
+            "cri_imaged_imagefs_inodes_used",
+            "Inodes used by the snapshotter.",
+        ));
         let containerd_up = must(IntGauge::new(
             "cri_imaged_containerd_up",
             "1 when containerd is reachable and the image index is in sync.",
@@ -145,7 +190,9 @@ impl Metrics {
             Opts::new("cri_imaged_build_info", "Build information; always 1."),
             &["version"],
         ));
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         for c in [
             Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(grpc_duration.clone()),
@@ -207,12 +254,16 @@ impl Metrics {
         self.grpc_requests
             .with_label_values(&[method, code_name(code)])
             .inc();
-        self.grpc_duration.with_label_values(&[method]).observe(seconds);
+        self.grpc_duration
+            .with_label_values(&[method])
+            .observe(seconds);
     }
 
     pub fn pull_failed(&self, reason: FailureReason) {
         self.pulls.with_label_values(&["failure"]).inc();
-        self.pull_failures.with_label_values(&[reason.as_str()]).inc();
+        self.pull_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     pub fn pull_succeeded(&self) {
@@ -220,7 +271,9 @@ impl Metrics {
     }
 
     pub fn phase(&self, phase: &'static str, seconds: f64) {
-        self.phase_duration.with_label_values(&[phase]).observe(seconds);
+        self.phase_duration
+            .with_label_values(&[phase])
+            .observe(seconds);
     }
 
     /// The text exposition.
@@ -254,6 +307,23 @@ pub fn code_name(c: tonic::Code) -> &'static str {
     }
 }
 
+/// Increments a gauge now and decrements it when dropped, so a future that
+/// is dropped half-way (the caller went away) still leaves the gauge right.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(g: &IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Readiness: a closure answering Err(reason) when not ready.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -275,7 +345,10 @@ pub async fn serve(
                 let m = m.clone();
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
                         m.render(),
                     )
                 }
@@ -289,7 +362,10 @@ pub async fn serve(
                 async move {
                     match ready() {
                         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),

@@ -95,17 +95,67 @@ impl ImageService {
         method: &'static str,
         fut: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let start = Instant::now();
-        let r = fut.await;
+        use tracing::Instrument;
+        // One span per RPC: method and a process-unique request id, nothing from the request body.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let request_id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = tracing::info_span!("rpc", method, request_id);
+        let mut guard = RpcGuard {
+            metrics: &self.metrics,
+            method,
+            start: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        let r = fut.instrument(span).await;
+        guard.done = true;
         let code = match &r {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        self.metrics.observe_rpc(method, code, start.elapsed().as_secs_f64());
-        if let Err(s) = &r {
-            tracing::debug!(method, code = ?s.code(), message = %s.message(), "rpc failed");
-        }
+        let elapsed = guard.start.elapsed();
+        self.metrics.observe_rpc(method, code, elapsed.as_secs_f64());
+        guard.span.in_scope(|| match &r {
+            Ok(_) => tracing::debug!(
+                code = crate::metrics::code_name(code),
+                duration_ms = elapsed.as_millis() as u64,
+                "rpc done"
+            ),
+            Err(s) => tracing::debug!(
+                code = crate::metrics::code_name(code),
+                duration_ms = elapsed.as_millis() as u64,
+                error = %s.message(),
+                "rpc failed"
+            ),
+        });
         r.map(Response::new)
+    }
+}
+
+/// Counts an RPC whose future was dropped before it finished (the caller
+/// went away) as CANCELLED.
+struct RpcGuard<'a> {
+    metrics: &'a Metrics,
+    method: &'static str,
+    start: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Drop for RpcGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let elapsed = self.start.elapsed();
+            self.metrics
+                .observe_rpc(self.method, tonic::Code::Cancelled, elapsed.as_secs_f64());
+            self.span.in_scope(|| {
+                tracing::debug!(
+                    code = "CANCELLED",
+                    duration_ms = elapsed.as_millis() as u64,
+                    "rpc canceled by the caller"
+                )
+            });
+        }
     }
 }
 

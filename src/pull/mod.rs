@@ -22,6 +22,7 @@ use crate::reference::{Reference, ReferenceError};
 use crate::registry::{PullAuth, RegistryError, Registries};
 use crate::store::Store;
 pub use fetch::Fetched;
+pub use unpack::cleanup_interrupted;
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum PullError {
@@ -201,7 +202,7 @@ impl Puller {
         let key = (reference.to_string(), auth.fingerprint(), snapshotter.clone());
         let this = self.clone();
         let started = Instant::now();
-        self.metrics.pulls_in_flight.inc();
+        let in_flight = crate::metrics::GaugeGuard::inc(&self.metrics.pulls_in_flight); // dec also when the caller goes away
         let joined = self
             .flights
             .run(
@@ -213,7 +214,7 @@ impl Puller {
                 || Err(PullError::Canceled),
             )
             .await;
-        self.metrics.pulls_in_flight.dec();
+        drop(in_flight);
         if joined.coalesced {
             self.metrics.pulls_coalesced.inc();
         } else {

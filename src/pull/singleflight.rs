@@ -85,7 +85,7 @@ where
                     (e.fut.clone(), true)
                 }
                 None => {
-                    let handle = tokio::spawn(make());
+                    let handle = tokio::spawn(tracing::Instrument::in_current_span(make())); // the leader's RPC span
                     let abort = handle.abort_handle();
                     let fut: Work<V> = async move { handle.await.ok() }.boxed().shared();
                     m.insert(
