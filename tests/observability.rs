@@ -570,6 +570,14 @@ async fn stalled_pull_is_counted_as_stalled() {
     .await;
     // Its flight had no other waiter: it is gone, nothing in flight.
     wait_metric(&d, "cri_imaged_pulls_in_flight", &[], 0.0).await;
+    // ... and the aborted pull itself is a failure with reason "canceled".
+    wait_metric(
+        &d,
+        "cri_imaged_pull_failures_total",
+        &[("reason", "canceled")],
+        s_before.get("cri_imaged_pull_failures_total", &[("reason", "canceled")]) + 1.0,
+    )
+    .await;
 
     let s0 = scrape(&d).await;
     tokio::time::timeout(Duration::from_secs(20), pull(&mut c, &r))

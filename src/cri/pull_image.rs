@@ -34,7 +34,7 @@ pub async fn handle(
         Some(d) => match tokio::time::timeout(d, pull).await {
             Ok(r) => r,
             Err(_) => {
-                svc.metrics.pull_failed(crate::metrics::FailureReason::Canceled);
+                // The pull itself is counted as canceled when its last caller leaves.
                 return Err(Status::deadline_exceeded(format!(
                     "pulling {image:?}: the caller's deadline of {} passed before the pull finished",
                     humantime::format_duration(d)

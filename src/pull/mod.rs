@@ -230,7 +230,19 @@ impl Puller {
         snapshotter: String,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
+        // Counts the pull as canceled when every caller went away and the
+        // shared task was aborted before it finished.
+        struct Aborted<'a>(&'a Metrics, bool);
+        impl Drop for Aborted<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.pull_failed(FailureReason::Canceled);
+                }
+            }
+        }
+        let mut aborted = Aborted(&self.metrics, true);
         let result = self.pull_inner(&reference, &auth, &snapshotter).await;
+        aborted.1 = false;
         match &result {
             Ok(r) => {
                 self.metrics.pull_succeeded();
@@ -281,12 +293,13 @@ impl Puller {
         // Fast path: a digest reference already complete locally needs no network.
         if let Some(d) = reference.digest() {
             if let Some(view) = self.store.get_by_record(&format!("{name}@{d}")) {
-                if self.complete_locally(&view.info, snapshotter).await {
+                if self.complete_locally(&view.info, snapshotter).await
+                    && self.reuse_local(reference, &view.info.target_descriptor(), &view.info, snapshotter).await?
+                {
                     report.image_id = view.info.id.clone();
                     report.platform = view.info.platform.to_string();
                     report.already_present = true;
                     report.resolve = t0.elapsed();
-                    self.ensure_records(reference, &view.info.target_descriptor(), &view.info.id, &[]).await?;
                     return Ok(report);
                 }
             }
@@ -305,12 +318,14 @@ impl Puller {
         };
         // Warm path: the same target is already an image here.
         if let Some(view) = self.store.get_by_record(&format!("{name}@{}", top.digest)) {
-            if view.info.target == top.digest && self.complete_locally(&view.info, snapshotter).await {
+            if view.info.target == top.digest
+                && self.complete_locally(&view.info, snapshotter).await
+                && self.reuse_local(reference, &top_desc, &view.info, snapshotter).await?
+            {
                 report.image_id = view.info.id.clone();
                 report.platform = view.info.platform.to_string();
                 report.already_present = true;
                 report.resolve = t0.elapsed();
-                self.ensure_records(reference, &top_desc, &view.info.id, &[]).await?;
                 return Ok(report);
             }
         }
@@ -487,6 +502,40 @@ impl Puller {
         self.metrics.phase("records", report.records.as_secs_f64());
         report.bytes = ctx.bytes.load(std::sync::atomic::Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// Records for an image that is already here. A RemoveImage running at
+    /// the same moment may just have collected its content: pin the target
+    /// and top snapshot with a short lease first, re-check they are still
+    /// there, then write the records (which keep them from then on). False:
+    /// something is gone, pull it normally.
+    async fn reuse_local(
+        &self,
+        reference: &Reference,
+        target: &Descriptor,
+        info: &crate::store::ImageInfo,
+        snapshotter: &str,
+    ) -> Result<bool, PullError> {
+        let lease = format!("cri-imaged-pull-{}-{}", std::process::id(), rand::random::<u64>());
+        self.cd.create_lease(&lease, self.cfg.lease_expiry).await?;
+        let result = async {
+            self.cd.lease_add(&lease, "content", &target.digest).await?;
+            if !info.chain_id.is_empty() {
+                self.cd.lease_add(&lease, &format!("snapshots/{snapshotter}"), &info.chain_id).await?;
+            }
+            let present = self.cd.content_info(&target.digest).await?.is_some()
+                && self.cd.content_info(&info.id).await?.is_some()
+                && self.complete_locally(info, snapshotter).await;
+            if !present {
+                tracing::debug!(image = %reference, "local image went away while reusing it; pulling");
+                return Ok(false);
+            }
+            self.ensure_records(reference, target, &info.id, &[]).await?;
+            Ok::<bool, PullError>(true)
+        }
+        .await;
+        let _ = self.cd.delete_lease(&lease).await;
+        result
     }
 
     /// Is everything this image needs on this node present (content + top snapshot)?
