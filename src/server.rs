@@ -178,7 +178,11 @@ pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
         });
     }
 
-    serve_grpc(listener, ImageServiceServer::new(svc.clone()), stop_rx, cfg.shutdown_grace).await;
+    let grpc = <_ as tower::ServiceExt<hyper::Request<hyper::body::Incoming>>>::map_response(
+        ImageServiceServer::new(svc.clone()),
+        decode_error_is_invalid_argument,
+    );
+    serve_grpc(listener, grpc, stop_rx, cfg.shutdown_grace).await;
     metrics::set_socket_ready(&svc.metrics, false);
     for b in background {
         b.abort();
@@ -231,6 +235,25 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
         }
     }));
     v
+}
+
+/// tonic answers a request it cannot decode (malformed protobuf, invalid
+/// UTF-8 in a string field) with INTERNAL; it is the caller's fault, so
+/// rewrite that to INVALID_ARGUMENT.
+fn decode_error_is_invalid_argument(mut resp: hyper::Response<tonic::body::Body>) -> hyper::Response<tonic::body::Body> {
+    let h = resp.headers();
+    let internal = h.get("grpc-status").map(|v| v.as_bytes() == b"13").unwrap_or(false);
+    let decode = h
+        .get("grpc-message")
+        .map(|v| {
+            let m = v.as_bytes();
+            m.starts_with(b"failed to decode Protobuf message") || m.starts_with(b"failed%20to%20decode%20Protobuf%20message")
+        })
+        .unwrap_or(false);
+    if internal && decode {
+        resp.headers_mut().insert("grpc-status", hyper::header::HeaderValue::from_static("3"));
+    }
+    resp
 }
 
 /// gRPC over HTTP/2 on the unix socket, served with hyper directly so the

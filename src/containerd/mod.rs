@@ -188,33 +188,43 @@ impl Containerd {
     /// (containerd's CRI plugin may create the same record at the same moment).
     pub async fn put_image(&self, image: ImageRecord, lease: Option<&str>) -> Result<()> {
         let mut c = api::images_client::ImagesClient::new(self.channel.clone());
-        let created = c
-            .create(self.req(
-                api::CreateImageRequest {
-                    image: Some(image.clone()),
-                    source_date_epoch: None,
-                },
-                lease,
-            ))
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::AlreadyExists => {
-                let mut paths = vec!["target".to_string()];
-                paths.extend(image.labels.keys().map(|k| format!("labels.{k}")));
-                c.update(self.req(
-                    api::UpdateImageRequest {
-                        image: Some(image),
-                        update_mask: Some(prost_types::FieldMask { paths }),
+        // A concurrent RemoveImage may delete the record between our Create
+        // (AlreadyExists) and Update (NotFound): create it again then.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let created = c
+                .create(self.req(
+                    api::CreateImageRequest {
+                        image: Some(image.clone()),
                         source_date_epoch: None,
                     },
                     lease,
                 ))
-                .await
-                .map_err(|s| self.err(s))?;
-                Ok(())
+                .await;
+            match created {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == Code::AlreadyExists => {
+                    let mut paths = vec!["target".to_string()];
+                    paths.extend(image.labels.keys().map(|k| format!("labels.{k}")));
+                    match c
+                        .update(self.req(
+                            api::UpdateImageRequest {
+                                image: Some(image.clone()),
+                                update_mask: Some(prost_types::FieldMask { paths }),
+                                source_date_epoch: None,
+                            },
+                            lease,
+                        ))
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(s) if s.code() == Code::NotFound && attempt < 5 => continue,
+                        Err(s) => return Err(self.err(s)),
+                    }
+                }
+                Err(s) => return Err(self.err(s)),
             }
-            Err(s) => Err(self.err(s)),
         }
     }
 
@@ -392,12 +402,24 @@ impl Containerd {
     // ---- leases ----
 
     pub async fn create_lease(&self, id: &str, expire: Duration) -> Result<()> {
+        self.create_lease_opts(id, expire, true).await
+    }
+
+    /// A lease whose resources also keep what they reference (gc.ref labels:
+    /// manifest -> config, layers, snapshot); `create_lease` makes flat ones.
+    pub async fn create_lease_deep(&self, id: &str, expire: Duration) -> Result<()> {
+        self.create_lease_opts(id, expire, false).await
+    }
+
+    async fn create_lease_opts(&self, id: &str, expire: Duration, flat: bool) -> Result<()> {
         let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
         let when = std::time::SystemTime::now() + expire;
         let rfc3339 = humantime::format_rfc3339_seconds(when).to_string();
         let mut labels = HashMap::new();
         labels.insert(labels::GC_EXPIRE.to_string(), rfc3339);
-        labels.insert(labels::GC_FLAT.to_string(), "true".to_string());
+        if flat {
+            labels.insert(labels::GC_FLAT.to_string(), "true".to_string());
+        }
         c.create(self.req(
             api::CreateRequest {
                 id: id.into(),

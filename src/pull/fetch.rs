@@ -170,8 +170,10 @@ pub async fn write_bytes(
     data: Bytes,
     labels: HashMap<String, String>,
 ) -> Result<Fetched, PullError> {
+    // Lease first, then look: content that a concurrent RemoveImage collects
+    // between a look and a lease add would be lost to this pull.
+    ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
     if ctx.cd.content_info(&desc.digest).await?.is_some() {
-        ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
         if !labels.is_empty() {
             ctx.cd.label_content(&desc.digest, labels).await?;
         }
@@ -202,9 +204,10 @@ pub async fn fetch_blob(
     desc: &Descriptor,
     labels: HashMap<String, String>,
 ) -> Result<Fetched, PullError> {
+    // Keep it for this pull even if the image that brought it is removed
+    // meanwhile: lease first, then look (see write_bytes).
+    ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
     if ctx.cd.content_info(&desc.digest).await?.is_some() {
-        // Keep it for this pull even if the image that brought it is removed meanwhile.
-        ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
         return Ok(Fetched::Reused);
     }
     let mut w = match open(ctx, desc).await? {

@@ -517,7 +517,8 @@ impl Puller {
         snapshotter: &str,
     ) -> Result<bool, PullError> {
         let lease = format!("cri-imaged-pull-{}-{}", std::process::id(), rand::random::<u64>());
-        self.cd.create_lease(&lease, self.cfg.lease_expiry).await?;
+        // Not flat: the target keeps its manifest, config, layers and snapshot.
+        self.cd.create_lease_deep(&lease, self.cfg.lease_expiry).await?;
         let result = async {
             self.cd.lease_add(&lease, "content", &target.digest).await?;
             if !info.chain_id.is_empty() {

@@ -11,6 +11,10 @@ use super::{PullCtx, PullError};
 use crate::containerd::{labels, ContainerdError};
 use crate::manifest::Descriptor;
 
+/// Key prefix of our active (being extracted) snapshots:
+/// `extract-crii-<pid>-<nanos>-<random> <chainID>`.
+pub const EXTRACT_KEY_PREFIX: &str = "extract-crii-";
+
 /// Unpack `layers`; `fetched[i]` fires when layer i is in the content store.
 /// Returns the top chain ID and the time (since the start of the call) at
 /// which the unpack finished.
@@ -25,10 +29,12 @@ pub async fn unpack(
     let mut parent = String::new();
     for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
         let chain_id = &chain[i];
+        // Lease first, then look: a snapshot a concurrent RemoveImage collects
+        // between a look and a lease add would be missing from this image.
+        ctx.cd
+            .lease_add(&ctx.lease, &format!("snapshots/{}", ctx.snapshotter), chain_id)
+            .await?;
         if ctx.cd.snapshot_exists(&ctx.snapshotter, chain_id).await? {
-            ctx.cd
-                .lease_add(&ctx.lease, &format!("snapshots/{}", ctx.snapshotter), chain_id)
-                .await?;
             // Still wait for the blob: the image must be complete in content too.
             done.await.map_err(|_| PullError::Canceled)?;
             parent = chain_id.clone();
@@ -49,7 +55,9 @@ async fn apply_layer(
     parent: &str,
 ) -> Result<(), PullError> {
     let key = format!(
-        "extract-{}-{:08x} {chain_id}",
+        "{}{}-{}-{:08x} {chain_id}",
+        EXTRACT_KEY_PREFIX,
+        std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -111,4 +119,51 @@ async fn apply_layer(
         let _ = ctx.cd.remove_snapshot(&ctx.snapshotter, &key).await;
     }
     result
+}
+
+/// Remove active snapshots a killed cri-imaged left behind mid-unpack: our
+/// `extract-crii-<pid>-…` keys whose process is not a live cri-imaged (the
+/// lease of that pull would otherwise keep them until it expires). Runs at
+/// start; the retried pull prepares a fresh key.
+pub async fn cleanup_interrupted(
+    cd: &crate::containerd::Containerd,
+    snapshotters: &[String],
+) -> Result<usize, ContainerdError> {
+    let me = std::process::id();
+    let mut removed = 0;
+    for sn in snapshotters {
+        let infos = match cd.list_snapshots(sn).await {
+            Ok(v) => v,
+            // A snapshotter that is not loaded has nothing of ours.
+            Err(ContainerdError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        for info in infos {
+            let Some(rest) = info.name.strip_prefix(EXTRACT_KEY_PREFIX) else { continue };
+            if info.kind != containerd_client::services::v1::snapshots::Kind::Active as i32 {
+                continue;
+            }
+            let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+            if let Some(pid) = pid {
+                if pid == me || pid_is_cri_imaged(pid) {
+                    continue;
+                }
+            }
+            match cd.remove_snapshot(sn, &info.name).await {
+                Ok(()) | Err(ContainerdError::NotFound(_)) => {
+                    removed += 1;
+                    tracing::info!(snapshotter = %sn, key = %info.name, "removed a snapshot left by an interrupted unpack");
+                }
+                Err(e) => tracing::warn!(snapshotter = %sn, key = %info.name, error = %e, "cannot remove a snapshot left by an interrupted unpack"),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Is `pid` a running cri-imaged (in our pid namespace)?
+fn pid_is_cri_imaged(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().starts_with("cri-imaged"))
+        .unwrap_or(false)
 }
