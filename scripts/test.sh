@@ -11,6 +11,5 @@ cargo build --locked --all-targets
 # Integration tests run containerd instances; two at a time suits 2 cores.
 cargo test --locked -- --test-threads="${TEST_THREADS:-2}"
 CRI_IMAGED_BIN=target/debug/cri-imaged bash tests/chart.sh
-if [ -x target/debug/cri-imaged-bench ] || grep -q 'name = "cri-imaged-bench"' Cargo.toml; then
-  cargo run --locked --quiet --bin cri-imaged-bench -- --smoke --out target/bench-smoke.md
-fi
+# Smoke-sized side-by-side benchmark (debug build), so the harness cannot rot.
+CRI_IMAGED_BIN=target/debug/cri-imaged cargo test --locked --bench compare -- --smoke --out target/bench-smoke.md
