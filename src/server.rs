@@ -106,6 +106,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             puller,
             imagefs,
             metrics,
+            list_cache: Default::default(),
         },
     })
 }

@@ -28,7 +28,11 @@ pub struct ImageService {
     pub puller: Arc<Puller>,
     pub imagefs: Arc<ImageFs>,
     pub metrics: Arc<Metrics>,
+    /// The unfiltered ListImages answer, rebuilt when the index changes.
+    pub list_cache: ListCache,
 }
+
+pub type ListCache = Arc<std::sync::Mutex<Option<(u64, Arc<Vec<cri::Image>>)>>>;
 
 /// Longest accepted image string in a request.
 pub const MAX_IMAGE_LEN: usize = 4096;

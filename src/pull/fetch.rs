@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use containerd_client::services::v1::{WriteAction, WriteContentRequest, WriteContentResponse};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -100,13 +100,13 @@ async fn open(ctx: &PullCtx, desc: &Descriptor) -> Result<Opened, PullError> {
 }
 
 impl Writer {
-    async fn send(&mut self, data: Bytes, ctx: &PullCtx) -> Result<(), PullError> {
+    async fn send(&mut self, data: Vec<u8>, ctx: &PullCtx) -> Result<(), PullError> {
         let len = data.len() as u64;
         let msg = WriteContentRequest {
             action: WriteAction::Write as i32,
             r#ref: self.r#ref.clone(),
             offset: self.offset as i64,
-            data: data.to_vec(),
+            data,
             ..Default::default()
         };
         if self.tx.send(msg).await.is_err() {
@@ -193,7 +193,7 @@ pub async fn write_bytes(
         w.offset = 0;
     }
     let n = data.len() as u64;
-    w.send(data, ctx).await?;
+    w.send(data.to_vec(), ctx).await?;
     w.commit(desc, labels, ctx).await?;
     Ok(Fetched::Downloaded(n))
 }
@@ -206,10 +206,8 @@ pub async fn fetch_blob(
 ) -> Result<Fetched, PullError> {
     // Keep it for this pull even if the image that brought it is removed
     // meanwhile: lease first, then look (see write_bytes).
+    // The write's Stat answers AlreadyExists for a present blob: no separate Info call.
     ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
-    if ctx.cd.content_info(&desc.digest).await?.is_some() {
-        return Ok(Fetched::Reused);
-    }
     let mut w = match open(ctx, desc).await? {
         Opened::Exists => return Ok(Fetched::Reused),
         Opened::Open(w) => w,
@@ -220,7 +218,9 @@ pub async fn fetch_blob(
     }
     let start_offset = w.offset;
     let mut resumes = 0;
-    let mut buf = BytesMut::with_capacity(CHUNK);
+    // One copy per byte: registry chunks are gathered straight into the
+    // Vec that becomes the write message.
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     'download: while w.offset + buf.len() as u64 != size || size == 0 {
         let want = w.offset + buf.len() as u64;
         let blob = ctx
@@ -261,10 +261,15 @@ pub async fn fetch_blob(
                             desc.digest, ctx.domain, ctx.repo, size
                         )));
                     }
-                    buf.extend_from_slice(&chunk);
-                    while buf.len() >= CHUNK {
-                        let data = buf.split_to(CHUNK).freeze();
-                        w.send(data, ctx).await?;
+                    let mut rest: &[u8] = &chunk;
+                    while !rest.is_empty() {
+                        let take = (CHUNK - buf.len()).min(rest.len());
+                        buf.extend_from_slice(&rest[..take]);
+                        rest = &rest[take..];
+                        if buf.len() == CHUNK {
+                            let data = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+                            w.send(data, ctx).await?;
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -294,8 +299,7 @@ pub async fn fetch_blob(
         resumes += 1;
     }
     if !buf.is_empty() {
-        let data = buf.split().freeze();
-        w.send(data, ctx).await?;
+        w.send(buf, ctx).await?;
     }
     w.commit(desc, labels, ctx).await?;
     Ok(Fetched::Downloaded(size - start_offset))

@@ -293,6 +293,13 @@ impl Puller {
         // Fast path: a digest reference already complete locally needs no network.
         if let Some(d) = reference.digest() {
             if let Some(view) = self.store.get_by_record(&format!("{name}@{d}")) {
+                if self.already_current(reference, d, &view.info, snapshotter).await {
+                    report.image_id = view.info.id.clone();
+                    report.platform = view.info.platform.to_string();
+                    report.already_present = true;
+                    report.resolve = t0.elapsed();
+                    return Ok(report);
+                }
                 if self.complete_locally(&view.info, snapshotter).await
                     && self.reuse_local(reference, &view.info.target_descriptor(), &view.info, snapshotter).await?
                 {
@@ -318,6 +325,13 @@ impl Puller {
         };
         // Warm path: the same target is already an image here.
         if let Some(view) = self.store.get_by_record(&format!("{name}@{}", top.digest)) {
+            if self.already_current(reference, &top.digest, &view.info, snapshotter).await {
+                report.image_id = view.info.id.clone();
+                report.platform = view.info.platform.to_string();
+                report.already_present = true;
+                report.resolve = t0.elapsed();
+                return Ok(report);
+            }
             if view.info.target == top.digest
                 && self.complete_locally(&view.info, snapshotter).await
                 && self.reuse_local(reference, &top_desc, &view.info, snapshotter).await?
@@ -539,6 +553,17 @@ impl Puller {
         result
     }
 
+    /// Warm pull: every record this pull would write already points at
+    /// `target` (as the index knows it) and the image's top snapshot exists.
+    /// Then nothing needs writing at all.
+    async fn already_current(&self, reference: &Reference, target: &str, info: &crate::store::ImageInfo, snapshotter: &str) -> bool {
+        let pinned = self.is_pinned(reference);
+        let current = record_names(reference, target, &info.id).iter().all(|n| {
+            matches!(self.store.record(n), Some((id, t, p)) if id == info.id && t == target && (p || !pinned))
+        });
+        current && self.complete_locally(info, snapshotter).await
+    }
+
     /// Is everything this image needs on this node present (content + top snapshot)?
     async fn complete_locally(&self, info: &crate::store::ImageInfo, snapshotter: &str) -> bool {
         if info.chain_id.is_empty() {
@@ -555,15 +580,7 @@ impl Puller {
         image_id: &str,
         _extra: &[String],
     ) -> Result<(), PullError> {
-        let name = reference.name();
-        let mut names = Vec::new();
-        if reference.digest().is_none() {
-            if let Some(t) = reference.name_tag() {
-                names.push(t);
-            }
-        }
-        names.push(format!("{name}@{}", target.digest));
-        names.push(image_id.to_string());
+        let names = record_names(reference, &target.digest, image_id);
         let pinned = self.is_pinned(reference);
         for n in &names {
             let mut l = HashMap::from([(labels::CRI_MANAGED.to_string(), labels::CRI_MANAGED_VALUE.to_string())]);
@@ -648,6 +665,20 @@ impl Puller {
         let b = self.fetch_small(domain, repo, &man.config, auth).await.ok()?;
         Some(manifest::parse_config(&man.config.digest, &b).ok()?.platform())
     }
+}
+
+/// The records a pull of `reference` leaves: name:tag (unless pulled by
+/// digest), name@<target digest> and the ID record.
+fn record_names(reference: &Reference, target: &str, image_id: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    if reference.digest().is_none() {
+        if let Some(t) = reference.name_tag() {
+            names.push(t);
+        }
+    }
+    names.push(format!("{}@{target}", reference.name()));
+    names.push(image_id.to_string());
+    names
 }
 
 fn source_label(domain: &str, repo: &str) -> (String, String) {

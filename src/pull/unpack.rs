@@ -26,22 +26,27 @@ pub async fn unpack(
 ) -> Result<(String, Duration), PullError> {
     let start = Instant::now();
     let chain = crate::reference::chain_id(diff_ids);
+    // Which snapshots exist, all at once (lease first, then look: a snapshot a
+    // concurrent RemoveImage collects between a look and a lease add would be
+    // missing from this image). A chain's snapshot implies its parents.
+    let kind = format!("snapshots/{}", ctx.snapshotter);
+    let exists = futures::future::try_join_all(chain.iter().map(|c| {
+        let kind = &kind;
+        async move {
+            ctx.cd.lease_add(&ctx.lease, kind, c).await?;
+            ctx.cd.snapshot_exists(&ctx.snapshotter, c).await
+        }
+    }))
+    .await?;
+    let present_up_to = exists.iter().rposition(|e| *e);
     let mut parent = String::new();
     for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
         let chain_id = &chain[i];
-        // Lease first, then look: a snapshot a concurrent RemoveImage collects
-        // between a look and a lease add would be missing from this image.
-        ctx.cd
-            .lease_add(&ctx.lease, &format!("snapshots/{}", ctx.snapshotter), chain_id)
-            .await?;
-        if ctx.cd.snapshot_exists(&ctx.snapshotter, chain_id).await? {
-            // Still wait for the blob: the image must be complete in content too.
-            done.await.map_err(|_| PullError::Canceled)?;
-            parent = chain_id.clone();
-            continue;
-        }
+        // Still wait for the blob: the image must be complete in content too.
         done.await.map_err(|_| PullError::Canceled)?;
-        apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent).await?;
+        if present_up_to.is_none_or(|k| i > k) {
+            apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent).await?;
+        }
         parent = chain_id.clone();
     }
     Ok((chain.last().cloned().unwrap_or_default(), start.elapsed()))

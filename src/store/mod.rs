@@ -34,14 +34,16 @@ pub struct ImageView {
 struct Record {
     id: String,
     pinned: bool,
+    /// Digest of the record's target (index or manifest).
+    target: String,
 }
 
 #[derive(Default)]
 struct Index {
     /// record name -> image ID
     records: HashMap<String, Record>,
-    /// image ID -> record names
-    by_id: HashMap<String, BTreeSet<String>>,
+    /// image ID -> record names (ordered: listing needs no sort, short IDs are a range)
+    by_id: std::collections::BTreeMap<String, BTreeSet<String>>,
     /// image ID -> info
     infos: HashMap<String, Arc<ImageInfo>>,
 }
@@ -50,7 +52,8 @@ impl Index {
     fn insert(&mut self, name: String, info: Arc<ImageInfo>, pinned: bool) {
         self.remove(&name);
         let id = info.id.clone();
-        self.records.insert(name.clone(), Record { id: id.clone(), pinned });
+        let target = info.target.clone();
+        self.records.insert(name.clone(), Record { id: id.clone(), pinned, target });
         self.by_id.entry(id.clone()).or_default().insert(name);
         self.infos.insert(id, info);
     }
@@ -105,6 +108,7 @@ pub struct Store {
     /// target digest -> info, so records sharing a target are inspected once.
     cache: RwLock<HashMap<String, Arc<ImageInfo>>>,
     synced: AtomicBool,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,7 @@ impl Store {
             index: RwLock::new(Index::default()),
             cache: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -152,9 +157,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<ImageView>, StoreError> {
         self.check_synced()?;
         let idx = self.index.read().unwrap();
-        let mut ids: Vec<&String> = idx.by_id.keys().collect();
-        ids.sort();
-        Ok(ids.into_iter().filter_map(|id| idx.view(id)).collect())
+        Ok(idx.by_id.keys().filter_map(|id| idx.view(id)).collect())
     }
 
     pub fn len(&self) -> usize {
@@ -169,10 +172,35 @@ impl Store {
     pub fn resolve(&self, query: &str) -> Result<Option<ImageView>, ResolveError> {
         self.check_synced().map_err(ResolveError::Store)?;
         let idx = self.index.read().unwrap();
-        let id = resolve::resolve(query, |name| idx.records.get(name).map(|r| r.id.clone()), || {
-            idx.by_id.keys().cloned().collect::<Vec<_>>()
-        })?;
+        let id = resolve::resolve(
+            query,
+            |name| idx.records.get(name).map(|r| r.id.clone()),
+            |prefix| {
+                idx.by_id
+                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .take_while(|(id, _)| id.starts_with(prefix))
+                    .take(2)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            },
+        )?;
         Ok(id.and_then(|id| idx.view(&id)))
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.index.write().unwrap()
+    }
+
+    /// A record's (image ID, target digest, pinned), if it is in the index.
+    pub fn record(&self, name: &str) -> Option<(String, String, bool)> {
+        let idx = self.index.read().unwrap();
+        idx.records.get(name).map(|r| (r.id.clone(), r.target.clone(), r.pinned))
+    }
+
+    /// Changes whenever the index changes (for response caches).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The image a record name points to, if any.
@@ -187,7 +215,7 @@ impl Store {
         match self.cd.get_image(name).await? {
             Some(rec) => self.apply_record(rec).await,
             None => {
-                self.index.write().unwrap().remove(name);
+                self.write_index().remove(name);
             }
         }
         Ok(())
@@ -195,7 +223,7 @@ impl Store {
 
     /// Forget records we just deleted (events will confirm).
     pub fn forget(&self, names: &[String]) {
-        let mut idx = self.index.write().unwrap();
+        let mut idx = self.write_index();
         for n in names {
             idx.remove(n);
         }
@@ -227,8 +255,8 @@ impl Store {
         let pinned = rec.labels.get(labels::CRI_PINNED).map(|v| v == labels::CRI_PINNED_VALUE).unwrap_or(false)
             || self.pinned_names.contains(&rec.name);
         match self.info_for(&rec).await {
-            Some(info) => self.index.write().unwrap().insert(rec.name, info, pinned),
-            None => self.index.write().unwrap().remove(&rec.name),
+            Some(info) => self.write_index().insert(rec.name, info, pinned),
+            None => self.write_index().remove(&rec.name),
         }
     }
 
@@ -247,7 +275,7 @@ impl Store {
         for (name, info, pinned) in fresh {
             idx.insert(name, info, pinned);
         }
-        *self.index.write().unwrap() = idx;
+        *self.write_index() = idx;
         Ok(())
     }
 
@@ -325,7 +353,7 @@ impl Store {
             "/images/update" => ImageUpdate::decode(any.value.as_slice()).ok().map(|e| e.name),
             "/images/delete" => {
                 if let Ok(e) = ImageDelete::decode(any.value.as_slice()) {
-                    self.index.write().unwrap().remove(&e.name);
+                    self.write_index().remove(&e.name);
                 }
                 None
             }

@@ -8,24 +8,25 @@ use crate::reference::{self, ImageQuery, ReferenceError};
 pub enum ResolveError {
     #[error(transparent)]
     Reference(#[from] ReferenceError),
-    #[error("ambiguous image reference {query:?}: it is a prefix of {count} image IDs; use more characters")]
+    #[error("ambiguous image reference {query:?}: it is a prefix of {count} or more image IDs; use more characters")]
     Ambiguous { query: String, count: usize },
     #[error(transparent)]
     Store(super::StoreError),
 }
 
-/// `lookup(record name)` gives the image ID of a record; `ids()` all image IDs.
-pub fn resolve<L, I>(query: &str, lookup: L, ids: I) -> Result<Option<String>, ResolveError>
+/// `lookup(record name)` gives the image ID of a record; `prefixed(p)` up to
+/// two image IDs starting with `p` (two are enough to call it ambiguous).
+pub fn resolve<L, P>(query: &str, lookup: L, prefixed: P) -> Result<Option<String>, ResolveError>
 where
     L: Fn(&str) -> Option<String>,
-    I: FnOnce() -> Vec<String>,
+    P: Fn(&str) -> Vec<String>,
 {
     match reference::parse_image_query(query)? {
         ImageQuery::Id(id) => {
             if let Some(found) = lookup(&id) {
                 return Ok(Some(found));
             }
-            Ok(ids().into_iter().find(|i| *i == id))
+            Ok(prefixed(&id).into_iter().find(|i| *i == id))
         }
         ImageQuery::Name { reference, short_id } => {
             // name:tag@digest resolves by the digest.
@@ -37,16 +38,17 @@ where
                 return Ok(Some(id));
             }
             match short_id {
-                Some(prefix) => by_prefix(query, &prefix, ids()),
+                Some(prefix) => by_prefix(query, &prefix, &prefixed),
                 None => Ok(None),
             }
         }
-        ImageQuery::ShortId(prefix) => by_prefix(query, &prefix, ids()),
+        ImageQuery::ShortId(prefix) => by_prefix(query, &prefix, &prefixed),
     }
 }
 
-fn by_prefix(query: &str, prefix: &str, ids: Vec<String>) -> Result<Option<String>, ResolveError> {
+fn by_prefix(query: &str, prefix: &str, prefixed: &dyn Fn(&str) -> Vec<String>) -> Result<Option<String>, ResolveError> {
     let want = format!("sha256:{prefix}");
+    let ids = prefixed(&want);
     let mut found: Option<String> = None;
     let mut count = 0;
     for id in ids {
@@ -88,7 +90,8 @@ mod tests {
 
     fn r(q: &str) -> Result<Option<String>, ResolveError> {
         let w = world();
-        resolve(q, |n| w.get(n).cloned(), || vec![A.into(), B.into(), C.into()])
+        let ids = [A, B, C];
+        resolve(q, |n| w.get(n).cloned(), |p| ids.iter().filter(|i| i.starts_with(p)).take(2).map(|s| s.to_string()).collect())
     }
 
     #[test]
