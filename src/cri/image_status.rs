@@ -17,7 +17,7 @@ pub async fn handle(svc: &ImageService, req: cri::ImageStatusRequest) -> Result<
     if req.verbose {
         let v = serde_json::json!({
             "chainID": view.info.chain_id,
-            "imageSpec": view.info.config_json,
+            "imageSpec": serde_json::from_slice::<serde_json::Value>(&view.info.config_raw).unwrap_or_default(),
             "manifestDigest": view.info.manifest,
             "target": view.info.target,
             "platform": view.info.platform.to_string(),

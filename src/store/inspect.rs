@@ -22,8 +22,9 @@ pub struct ImageInfo {
     pub user: String,
     pub platform: Platform,
     pub chain_id: String,
-    /// The OCI config as stored (for verbose ImageStatus).
-    pub config_json: serde_json::Value,
+    /// The OCI config as stored (for verbose ImageStatus; parsed on demand,
+    /// which keeps thousands of images in a few MB).
+    pub config_raw: bytes::Bytes,
 }
 
 impl ImageInfo {
@@ -126,7 +127,7 @@ pub async fn inspect(
         user: cfg.user().to_string(),
         platform: cfg.platform(),
         chain_id: chain.last().cloned().unwrap_or_default(),
-        config_json: serde_json::from_slice(&cfg_bytes).unwrap_or(serde_json::Value::Null),
+        config_raw: cfg_bytes.clone(),
     })
 }
 
