@@ -11,7 +11,8 @@ have skopeo          || need+=(skopeo)
 have promtool        || need+=(prometheus)
 have htpasswd        || need+=(apache2-utils)
 have unzip           || need+=(unzip)
-have mkfs.ext4       || need+=(e2fsprogs)
+have openssl         || need+=(openssl)
+have mount           || need+=(mount)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "install-deps: installing ${need[*]}" >&2
