@@ -150,10 +150,20 @@ impl Config {
     /// The socket mode as a number.
     pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
         let s = self.socket_mode.trim_start_matches("0o");
-        let bits = u32::from_str_radix(s, 8)
-            .map_err(|_| invalid("socket_mode", format!("{:?} is not an octal file mode such as \"0660\"", self.socket_mode)))?;
+        let bits = u32::from_str_radix(s, 8).map_err(|_| {
+            invalid(
+                "socket_mode",
+                format!(
+                    "{:?} is not an octal file mode such as \"0660\"",
+                    self.socket_mode
+                ),
+            )
+        })?;
         if bits > 0o777 {
-            return Err(invalid("socket_mode", format!("{:?} is larger than 0777", self.socket_mode)));
+            return Err(invalid(
+                "socket_mode",
+                format!("{:?} is larger than 0777", self.socket_mode),
+            ));
         }
         Ok(bits)
     }
@@ -186,10 +196,16 @@ impl Config {
     /// Check every value; the first problem is returned naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.as_os_str().is_empty() || !self.listen.is_absolute() {
-            return Err(invalid("listen", format!("{:?} must be an absolute socket path", self.listen)));
+            return Err(invalid(
+                "listen",
+                format!("{:?} must be an absolute socket path", self.listen),
+            ));
         }
         if self.listen.as_os_str().len() > 107 {
-            return Err(invalid("listen", "unix socket paths are limited to 107 bytes"));
+            return Err(invalid(
+                "listen",
+                "unix socket paths are limited to 107 bytes",
+            ));
         }
         self.socket_mode_bits()?;
         if self.containerd_address.as_os_str().is_empty() {
@@ -203,7 +219,10 @@ impl Config {
         {
             return Err(invalid(
                 "containerd_namespace",
-                format!("{:?} is not a valid containerd namespace", self.containerd_namespace),
+                format!(
+                    "{:?} is not a valid containerd namespace",
+                    self.containerd_namespace
+                ),
             ));
         }
         if self.snapshotter.is_empty() {
@@ -218,21 +237,35 @@ impl Config {
             }
         }
         if !self.metrics_address.is_empty()
-            && self.metrics_address.parse::<std::net::SocketAddr>().is_err()
+            && self
+                .metrics_address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
         {
             return Err(invalid(
                 "metrics_address",
-                format!("{:?} is not an address such as 127.0.0.1:9110", self.metrics_address),
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9110",
+                    self.metrics_address
+                ),
             ));
         }
         if self.imagefs_sample_interval < Duration::from_millis(100) {
             return Err(invalid("imagefs_sample_interval", "must be at least 100ms"));
         }
-        if self.max_concurrent_downloads_per_pull == 0 || self.max_concurrent_downloads_per_pull > 64 {
-            return Err(invalid("max_concurrent_downloads_per_pull", "must be between 1 and 64"));
+        if self.max_concurrent_downloads_per_pull == 0
+            || self.max_concurrent_downloads_per_pull > 64
+        {
+            return Err(invalid(
+                "max_concurrent_downloads_per_pull",
+                "must be between 1 and 64",
+            ));
         }
         if self.max_concurrent_downloads == 0 || self.max_concurrent_downloads > 256 {
-            return Err(invalid("max_concurrent_downloads", "must be between 1 and 256"));
+            return Err(invalid(
+                "max_concurrent_downloads",
+                "must be between 1 and 256",
+            ));
         }
         if self.lease_expiry < Duration::from_secs(60) {
             return Err(invalid("lease_expiry", "must be at least 1m"));
@@ -285,7 +318,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse("listen: /tmp/x.sock\nlisten_adress: foo\n").unwrap_err().to_string();
+        let e = parse("listen: /tmp/x.sock\nlisten_adress: foo\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_adress"), "{e}");
     }
 
@@ -301,7 +336,10 @@ mod tests {
             ("pinned_images: ['busybox:bad tag']", "pinned_images"),
             ("pull_progress_timeout: soon", "pull_progress_timeout"),
             ("imagefs_sample_interval: 1ms", "imagefs_sample_interval"),
-            ("max_concurrent_downloads_per_pull: many", "max_concurrent_downloads_per_pull"),
+            (
+                "max_concurrent_downloads_per_pull: many",
+                "max_concurrent_downloads_per_pull",
+            ),
         ] {
             let e = parse(yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

@@ -2,14 +2,14 @@
 
 pub mod config;
 pub mod containerd;
+pub mod cri;
 pub mod imagefs;
+pub mod managed;
 pub mod manifest;
 pub mod metrics;
 pub mod platform;
-pub mod reference;
-pub mod store;
-pub mod cri;
-pub mod managed;
 pub mod pull;
+pub mod reference;
 pub mod registry;
 pub mod server;
+pub mod store;

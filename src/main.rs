@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use cri_imaged::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "cri-imaged", version, about = "A Kubernetes CRI ImageService that pulls straight into containerd")]
+#[command(
+    name = "cri-imaged",
+    version,
+    about = "A Kubernetes CRI ImageService that pulls straight into containerd"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,7 +158,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             init_logs(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cri-imaged: cannot start the runtime: {e}");
@@ -164,8 +171,13 @@ fn main() -> ExitCode {
             let result = rt.block_on(async move {
                 let managed = match &args.managed_containerd {
                     Some(dir) => Some(
-                        cri_imaged::managed::Managed::start(dir, &args.containerd_binary, &cfg.snapshotter, &cfg.registry_config_path)
-                            .await?,
+                        cri_imaged::managed::Managed::start(
+                            dir,
+                            &args.containerd_binary,
+                            &cfg.snapshotter,
+                            &cfg.registry_config_path,
+                        )
+                        .await?,
                     ),
                     None => None,
                 };

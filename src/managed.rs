@@ -41,7 +41,12 @@ state = "{d}/state"
 
 impl Managed {
     /// Write the config and start containerd; restart it whenever it exits.
-    pub async fn start(dir: &Path, binary: &str, snapshotter: &str, certs_d: &Path) -> anyhow::Result<Managed> {
+    pub async fn start(
+        dir: &Path,
+        binary: &str,
+        snapshotter: &str,
+        certs_d: &Path,
+    ) -> anyhow::Result<Managed> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
         let cfg_path = dir.join("config.toml");
@@ -53,9 +58,15 @@ impl Managed {
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
-                let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+                let logf = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log);
                 let mut cmd = tokio::process::Command::new(&binary);
-                cmd.arg("--config").arg(&cfg_path).stdin(Stdio::null()).kill_on_drop(true);
+                cmd.arg("--config")
+                    .arg(&cfg_path)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
                 // If we die without stopping it (SIGKILL, crash), containerd gets
                 // SIGTERM instead of running on unsupervised. Worker threads of
                 // the runtime live as long as the process, so the thread-exit

@@ -63,7 +63,11 @@ pub struct PlatformJson {
 
 impl PlatformJson {
     pub fn to_platform(&self) -> Platform {
-        Platform::new(&self.os, &self.architecture, self.variant.as_deref().filter(|v| !v.is_empty()))
+        Platform::new(
+            &self.os,
+            &self.architecture,
+            self.variant.as_deref().filter(|v| !v.is_empty()),
+        )
     }
 }
 
@@ -108,13 +112,23 @@ pub struct RootFs {
 
 impl ConfigFile {
     pub fn platform(&self) -> Platform {
-        Platform::new(&self.os, &self.architecture, self.variant.as_deref().filter(|v| !v.is_empty()))
+        Platform::new(
+            &self.os,
+            &self.architecture,
+            self.variant.as_deref().filter(|v| !v.is_empty()),
+        )
     }
     pub fn user(&self) -> &str {
-        self.config.as_ref().and_then(|c| c.user.as_deref()).unwrap_or("")
+        self.config
+            .as_ref()
+            .and_then(|c| c.user.as_deref())
+            .unwrap_or("")
     }
     pub fn diff_ids(&self) -> &[String] {
-        self.rootfs.as_ref().map(|r| r.diff_ids.as_slice()).unwrap_or(&[])
+        self.rootfs
+            .as_ref()
+            .map(|r| r.diff_ids.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -199,7 +213,9 @@ pub fn parse(media_type: &str, digest: &str, bytes: &[u8]) -> Result<Document, M
         return Err(ManifestError::Schema1(digest.into()));
     }
     if is_index(media_type) {
-        return Ok(Document::Index(serde_json::from_slice(bytes).map_err(invalid)?));
+        return Ok(Document::Index(
+            serde_json::from_slice(bytes).map_err(invalid)?,
+        ));
     }
     if is_manifest(media_type) {
         let m: Manifest = serde_json::from_slice(bytes).map_err(invalid)?;
@@ -254,11 +270,17 @@ mod tests {
             DOCKER_SCHEMA1
         );
         assert_eq!(
-            sniff_media_type("application/octet-stream", br#"{"schemaVersion":2,"manifests":[]}"#),
+            sniff_media_type(
+                "application/octet-stream",
+                br#"{"schemaVersion":2,"manifests":[]}"#
+            ),
             OCI_INDEX
         );
         assert_eq!(
-            sniff_media_type("", br#"{"schemaVersion":2,"config":{"digest":"x","size":1},"layers":[]}"#),
+            sniff_media_type(
+                "",
+                br#"{"schemaVersion":2,"config":{"digest":"x","size":1},"layers":[]}"#
+            ),
             OCI_MANIFEST
         );
     }
@@ -276,18 +298,36 @@ mod tests {
             parse(OCI_MANIFEST, "sha256:x", &big),
             Err(ManifestError::TooLarge { .. })
         ));
-        assert!(matches!(parse_config("sha256:x", &big), Err(ManifestError::TooLarge { .. })));
+        assert!(matches!(
+            parse_config("sha256:x", &big),
+            Err(ManifestError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn parses_index_and_manifest() {
         let idx = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:a","size":1,"platform":{"os":"linux","architecture":"arm","variant":"v7"}}]}"#;
-        let Document::Index(i) = parse(OCI_INDEX, "d", idx).unwrap() else { panic!() };
-        assert_eq!(i.manifests[0].platform.as_ref().unwrap().to_platform().to_string(), "linux/arm/v7");
+        let Document::Index(i) = parse(OCI_INDEX, "d", idx).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            i.manifests[0]
+                .platform
+                .as_ref()
+                .unwrap()
+                .to_platform()
+                .to_string(),
+            "linux/arm/v7"
+        );
         let m = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:c","size":2},"layers":[{"mediaType":"l","digest":"sha256:l","size":3}]}"#;
-        let Document::Manifest(m) = parse(DOCKER_MANIFEST, "d", m).unwrap() else { panic!() };
+        let Document::Manifest(m) = parse(DOCKER_MANIFEST, "d", m).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.layers.len(), 1);
         assert!(parse(OCI_MANIFEST, "d", b"not json").is_err());
-        assert!(matches!(parse("text/html", "d", b"{}"), Err(ManifestError::Unsupported { .. })));
+        assert!(matches!(
+            parse("text/html", "d", b"{}"),
+            Err(ManifestError::Unsupported { .. })
+        ));
     }
 }

@@ -25,7 +25,8 @@ use crate::store::Store;
 pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     let path = &cfg.listen;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
     }
     let mut bind_path = path.clone();
     if path.exists() {
@@ -40,14 +41,21 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
             );
         } else {
             use std::os::unix::fs::FileTypeExt;
-            let is_socket = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
             if !is_socket {
-                bail!("{} exists and is not a unix socket: refusing to replace it (check `listen`)", path.display());
+                bail!(
+                    "{} exists and is not a unix socket: refusing to replace it (check `listen`)",
+                    path.display()
+                );
             }
-            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
     }
-    let listener = UnixListener::bind(&bind_path).with_context(|| format!("binding {}", bind_path.display()))?;
+    let listener = UnixListener::bind(&bind_path)
+        .with_context(|| format!("binding {}", bind_path.display()))?;
     let mode = cfg.socket_mode_bits()?;
     std::fs::set_permissions(&bind_path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {:o} on {}", mode, bind_path.display()))?;
@@ -60,12 +68,17 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
                 .map(|g| g.gid.as_raw())
                 .with_context(|| format!("socket_group {:?} does not exist", cfg.socket_group))?,
         };
-        nix::unistd::chown(bind_path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
-            .with_context(|| format!("chown {} to group {gid}", bind_path.display()))?;
+        nix::unistd::chown(
+            bind_path.as_path(),
+            None,
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("chown {} to group {gid}", bind_path.display()))?;
     }
     if bind_path != *path {
         // Atomic: new connections reach us; the old instance keeps its open ones.
-        std::fs::rename(&bind_path, path).with_context(|| format!("renaming {} over {}", bind_path.display(), path.display()))?;
+        std::fs::rename(&bind_path, path)
+            .with_context(|| format!("renaming {} over {}", bind_path.display(), path.display()))?;
     }
     Ok(listener)
 }
@@ -99,7 +112,11 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
         cfg.max_concurrent_downloads,
         metrics.clone(),
     );
-    let imagefs = ImageFs::new(cd, cfg.snapshotter.clone(), cfg.effective_snapshotter_root());
+    let imagefs = ImageFs::new(
+        cd,
+        cfg.snapshotter.clone(),
+        cfg.effective_snapshotter_root(),
+    );
     Ok(Daemon {
         service: ImageService {
             store,
@@ -123,7 +140,10 @@ pub async fn shutdown_signal() {
 }
 
 /// Run until a signal; in-flight RPCs get `shutdown_grace` to finish.
-pub async fn serve(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let daemon = build(&cfg)?;
     let svc = daemon.service.clone();
     let listener = bind_socket(&cfg)?;
@@ -208,9 +228,14 @@ fn remove_socket_if_ours(path: &Path, ino: Option<u64>) {
 fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHandle<()>> {
     let mut v = Vec::new();
     v.push(tokio::spawn(svc.store.clone().run_sync()));
-    v.push(tokio::spawn(svc.imagefs.clone().run(cfg.imagefs_sample_interval)));
+    v.push(tokio::spawn(
+        svc.imagefs.clone().run(cfg.imagefs_sample_interval),
+    ));
     // Snapshots a killed predecessor left mid-unpack (retried until containerd answers).
-    let (cd, mut snapshotters) = (svc.store.containerd().clone(), vec![cfg.snapshotter.clone()]);
+    let (cd, mut snapshotters) = (
+        svc.store.containerd().clone(),
+        vec![cfg.snapshotter.clone()],
+    );
     snapshotters.extend(cfg.runtime_handler_snapshotters.values().cloned());
     snapshotters.sort();
     snapshotters.dedup();
@@ -241,18 +266,25 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
 /// tonic answers a request it cannot decode (malformed protobuf, invalid
 /// UTF-8 in a string field) with INTERNAL; it is the caller's fault, so
 /// rewrite that to INVALID_ARGUMENT.
-fn decode_error_is_invalid_argument(mut resp: hyper::Response<tonic::body::Body>) -> hyper::Response<tonic::body::Body> {
+fn decode_error_is_invalid_argument(
+    mut resp: hyper::Response<tonic::body::Body>,
+) -> hyper::Response<tonic::body::Body> {
     let h = resp.headers();
-    let internal = h.get("grpc-status").map(|v| v.as_bytes() == b"13").unwrap_or(false);
+    let internal = h
+        .get("grpc-status")
+        .map(|v| v.as_bytes() == b"13")
+        .unwrap_or(false);
     let decode = h
         .get("grpc-message")
         .map(|v| {
             let m = v.as_bytes();
-            m.starts_with(b"failed to decode Protobuf message") || m.starts_with(b"failed%20to%20decode%20Protobuf%20message")
+            m.starts_with(b"failed to decode Protobuf message")
+                || m.starts_with(b"failed%20to%20decode%20Protobuf%20message")
         })
         .unwrap_or(false);
     if internal && decode {
-        resp.headers_mut().insert("grpc-status", hyper::header::HeaderValue::from_static("3"));
+        resp.headers_mut()
+            .insert("grpc-status", hyper::header::HeaderValue::from_static("3"));
     }
     resp
 }

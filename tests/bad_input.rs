@@ -77,7 +77,10 @@ async fn channel(socket: &Path) -> Channel {
 async fn raw_call(socket: &Path, method: &str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
     let mut g = tonic::client::Grpc::new(channel(socket).await);
     g.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!("/runtime.v1.ImageService/{method}")).unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+        "/runtime.v1.ImageService/{method}"
+    ))
+    .unwrap();
     g.unary(tonic::Request::new(body), path, RawCodec)
         .await
         .map(|r| r.into_inner())
@@ -198,14 +201,25 @@ async fn malformed_requests_are_invalid_argument() {
     }
 
     // Invalid UTF-8 in AuthConfig.username, as raw protobuf.
-    let image = field(1, field(1, env.image_ref("x/y", "v1").as_bytes()).as_slice());
+    let image = field(
+        1,
+        field(1, env.image_ref("x/y", "v1").as_bytes()).as_slice(),
+    );
     let auth = field(
         2,
-        &[field(1, b"us\xff\xfeer").as_slice(), field(2, b"pw").as_slice()].concat(),
+        &[
+            field(1, b"us\xff\xfeer").as_slice(),
+            field(2, b"pw").as_slice(),
+        ]
+        .concat(),
     );
     let body = [image.clone(), auth].concat();
     let e = raw_call(&d.socket, "PullImage", body).await.unwrap_err();
-    println!("bad input: invalid UTF-8 username -> {:?} {}", e.code(), e.message());
+    println!(
+        "bad input: invalid UTF-8 username -> {:?} {}",
+        e.code(),
+        e.message()
+    );
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     // Invalid UTF-8 in the image itself, for each RPC.
     let bad_spec = field(1, field(1, b"busy\xffbox").as_slice());
@@ -219,7 +233,9 @@ async fn malformed_requests_are_invalid_argument() {
         vec![0xff; 16],
         vec![0x0a, 0x05, 0x0a],
     ] {
-        let e = raw_call(&d.socket, "PullImage", garbage.clone()).await.unwrap_err();
+        let e = raw_call(&d.socket, "PullImage", garbage.clone())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{garbage:?}: {e:?}");
     }
     n += 7;
@@ -263,7 +279,10 @@ struct TlsRegistry {
 
 impl TlsRegistry {
     fn start(storage: &Path) -> TlsRegistry {
-        let dir = tempfile::Builder::new().prefix("tlsreg-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("tlsreg-")
+            .tempdir_in("/tmp")
+            .unwrap();
         // A private CA and a leaf certificate for 127.0.0.1 signed by it
         // (webpki refuses a CA certificate used as the server's own).
         let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
@@ -356,7 +375,10 @@ impl TlsRegistry {
             .spawn()
             .expect("docker-registry");
         assert!(
-            wait_for(|| std::net::TcpStream::connect(&addr).is_ok(), Duration::from_secs(15)),
+            wait_for(
+                || std::net::TcpStream::connect(&addr).is_ok(),
+                Duration::from_secs(15)
+            ),
             "TLS registry did not start"
         );
         TlsRegistry {
@@ -406,12 +428,19 @@ async fn tls_is_verified_unless_configured() {
         .await
         .expect_err("self-signed registry must be refused by default");
     println!("tls: default -> {:?} {}", e.code(), e.message());
-    assert!(e.message().to_lowercase().contains("certificate"), "{}", e.message());
+    assert!(
+        e.message().to_lowercase().contains("certificate"),
+        "{}",
+        e.message()
+    );
     assert!(status(&mut c, &r).await.is_none());
 
     // With its CA configured: works.
     write(&format!("  ca = \"{}\"\n", tls.ca.display()));
-    assert_eq!(pull(&mut c, &r).await.expect("pull with ca"), img.config_digest);
+    assert_eq!(
+        pull(&mut c, &r).await.expect("pull with ca"),
+        img.config_digest
+    );
     remove(&mut c, &r).await.unwrap();
 
     // skip_verify = true: works.
@@ -459,12 +488,16 @@ async fn credentials_stay_where_they_belong() {
     };
 
     // Wrong password: a clean error that does not contain it.
-    let e = pull_auth(&mut c, &r, auth(WRONG)).await.expect_err("wrong password");
+    let e = pull_auth(&mut c, &r, auth(WRONG))
+        .await
+        .expect_err("wrong password");
     println!("creds: wrong password -> {:?} {}", e.code(), e.message());
     assert!(!e.message().contains(WRONG));
 
     // Right password: works; the mirror (another host) never saw credentials.
-    let id = pull_auth(&mut c, &r, auth(PASS)).await.expect("pull with credentials");
+    let id = pull_auth(&mut c, &r, auth(PASS))
+        .await
+        .expect("pull with credentials");
     assert_eq!(id, img.config_digest);
     assert!(
         mirror.log().iter().all(|e| e.authorization.is_none()),
@@ -487,9 +520,15 @@ async fn credentials_stay_where_they_belong() {
     let e = pull_auth(&mut c, &r, other)
         .await
         .expect_err("creds for another server must not be used");
-    println!("creds: other server_address -> {:?} {}", e.code(), e.message());
+    println!(
+        "creds: other server_address -> {:?} {}",
+        e.code(),
+        e.message()
+    );
     assert!(
-        upstream.log()[before..].iter().all(|e| e.authorization.is_none()),
+        upstream.log()[before..]
+            .iter()
+            .all(|e| e.authorization.is_none()),
         "credentials for another server were sent"
     );
 

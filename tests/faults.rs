@@ -24,7 +24,10 @@ use tonic::Code;
 fn random_image(seed: u64, layers: usize, size: usize) -> BuiltImage {
     let mut b = ImageBuilder::new();
     for i in 0..layers {
-        b = b.layer(Layer::random(size, seed * 1000 + i as u64), Compression::Gzip);
+        b = b.layer(
+            Layer::random(size, seed * 1000 + i as u64),
+            Compression::Gzip,
+        );
     }
     b.build()
 }
@@ -76,7 +79,10 @@ fn assert_all_images_complete(c: &Containerd) {
     }
     let checks = c.images_check();
     for (name, st, _) in &checks {
-        assert!(st.starts_with("complete"), "image record {name} is {st}: {checks:?}");
+        assert!(
+            st.starts_with("complete"),
+            "image record {name} is {st}: {checks:?}"
+        );
     }
 }
 
@@ -138,7 +144,10 @@ async fn assert_no_record(d: &CriImaged, cd: &Containerd, r: &str) {
         "{r} has a record after a failed pull"
     );
     let names = cd.image_names();
-    assert!(!names.iter().any(|n| n == r), "{r} in containerd: {names:?}");
+    assert!(
+        !names.iter().any(|n| n == r),
+        "{r} in containerd: {names:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -179,7 +188,12 @@ fn kill_points(n: usize, cold: Duration) -> Vec<KillAt> {
     }
     let delays = n - states.len();
     let mut v: Vec<KillAt> = (0..delays)
-        .map(|i| KillAt::Delay(cold.mul_f64(i as f64 / delays as f64).max(Duration::from_millis(2))))
+        .map(|i| {
+            KillAt::Delay(
+                cold.mul_f64(i as f64 / delays as f64)
+                    .max(Duration::from_millis(2)),
+            )
+        })
         .collect();
     v.extend(states);
     v
@@ -190,7 +204,9 @@ async fn crash_during_pull(kills: usize) {
     // Calibration image + one fresh image per kill point (always a cold pull).
     let calib = random_image(9000, 4, 1 << 20);
     env.push("crash/calib", Some("v1"), &calib).await;
-    let imgs: Vec<BuiltImage> = (0..kills).map(|i| random_image(100 + i as u64, 4, 1 << 20)).collect();
+    let imgs: Vec<BuiltImage> = (0..kills)
+        .map(|i| random_image(100 + i as u64, 4, 1 << 20))
+        .collect();
     for (i, img) in imgs.iter().enumerate() {
         env.push(&format!("crash/img{i}"), Some("v1"), img).await;
     }
@@ -232,7 +248,10 @@ async fn crash_during_pull(kills: usize) {
                 KillAt::Snapshots(k) => {
                     let mut n = 0;
                     for ch in &chains {
-                        if matches!(cd.snapshot_exists(&env.containerd.snapshotter, ch).await, Ok(true)) {
+                        if matches!(
+                            cd.snapshot_exists(&env.containerd.snapshotter, ch).await,
+                            Ok(true)
+                        ) {
                             n += 1;
                         }
                     }
@@ -248,7 +267,10 @@ async fn crash_during_pull(kills: usize) {
         d.kill();
         let first = task.await.unwrap();
         // What was there at the kill.
-        let content = layers.iter().filter(|l| env.containerd.has_content(l)).count();
+        let content = layers
+            .iter()
+            .filter(|l| env.containerd.has_content(l))
+            .count();
         let snaps = env
             .containerd
             .snapshot_keys()
@@ -287,7 +309,10 @@ async fn crash_during_pull(kills: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         stale = active_extract_snapshots(&env.containerd);
     }
-    assert!(stale.is_empty(), "active extract snapshots left: {stale:#?}");
+    assert!(
+        stale.is_empty(),
+        "active extract snapshots left: {stale:#?}"
+    );
     let leases = leases_with_labels(&env.containerd);
     for (id, labels) in &leases {
         if id.starts_with("cri-imaged-") {
@@ -325,8 +350,11 @@ async fn containerd_restart_during_pull_and_idle() {
     pe.env.push("ctdrestart/a", Some("v1"), &img).await;
     // Slow the layers down so the restart lands in the middle of the pull.
     for l in img.layer_digests() {
-        pe.proxy
-            .add(Rule::new(&format!("/blobs/{l}"), Fault::Trickle(256 << 10), 1));
+        pe.proxy.add(Rule::new(
+            &format!("/blobs/{l}"),
+            Fault::Trickle(256 << 10),
+            1,
+        ));
     }
     let d = CriImaged::start_with(&pe.env.containerd, "pull_progress_timeout: 10s\n");
     d.wait_synced().await;
@@ -342,13 +370,19 @@ async fn containerd_restart_during_pull_and_idle() {
         .unwrap();
     println!(
         "ctd-restart: pull during restart: {:?}",
-        first.as_ref().map_err(|e| (e.code(), e.message().to_string()))
+        first
+            .as_ref()
+            .map_err(|e| (e.code(), e.message().to_string()))
     );
     if let Err(e) = &first {
         assert!(
             matches!(
                 e.code(),
-                Code::Unavailable | Code::Internal | Code::Unknown | Code::Cancelled | Code::Aborted
+                Code::Unavailable
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::Aborted
             ),
             "unexpected code {e:?}"
         );
@@ -427,16 +461,20 @@ async fn registry_5xx_and_429_are_retried() {
     let pe = ProxyEnv::start();
     let img = random_image(11, 2, 64 << 10);
     pe.env.push("faults/retry", Some("v1"), &img).await;
-    pe.proxy.add(Rule::new("/manifests/", Fault::Status(503), 1));
-    pe.proxy.add(Rule::new("/manifests/", Fault::Status(429), 1));
+    pe.proxy
+        .add(Rule::new("/manifests/", Fault::Status(503), 1));
+    pe.proxy
+        .add(Rule::new("/manifests/", Fault::Status(429), 1));
     pe.proxy.add(Rule::new(
         &format!("/blobs/{}", img.config_digest),
         Fault::Status(500),
         2,
     ));
     let l0 = &img.layer_digests()[0];
-    pe.proxy.add(Rule::new(&format!("/blobs/{l0}"), Fault::Status(503), 1));
-    pe.proxy.add(Rule::new(&format!("/blobs/{l0}"), Fault::Status(429), 1));
+    pe.proxy
+        .add(Rule::new(&format!("/blobs/{l0}"), Fault::Status(503), 1));
+    pe.proxy
+        .add(Rule::new(&format!("/blobs/{l0}"), Fault::Status(429), 1));
     let d = CriImaged::start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
@@ -455,8 +493,11 @@ async fn connection_reset_mid_blob_resumes_with_range() {
     pe.env.push("faults/reset", Some("v1"), &img).await;
     let l0 = img.layer_digests()[0].clone();
     let size = img.blobs[0].1.len();
-    pe.proxy
-        .add(Rule::new(&format!("/blobs/{l0}"), Fault::ResetAfter(size / 2), 1));
+    pe.proxy.add(Rule::new(
+        &format!("/blobs/{l0}"),
+        Fault::ResetAfter(size / 2),
+        1,
+    ));
     let d = CriImaged::start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
@@ -471,7 +512,10 @@ async fn connection_reset_mid_blob_resumes_with_range() {
         "no Range request after the reset: {reqs:?}"
     );
     let served: usize = reqs.iter().map(|e| e.body_bytes).sum();
-    assert!(served < 2 * size, "served {served} bytes for a {size}-byte blob");
+    assert!(
+        served < 2 * size,
+        "served {served} bytes for a {size}-byte blob"
+    );
     report("reset mid-blob", &pe.proxy, true);
 }
 
@@ -482,8 +526,11 @@ async fn truncated_body_is_resumed() {
     pe.env.push("faults/trunc", Some("v1"), &img).await;
     let l0 = img.layer_digests()[0].clone();
     let size = img.blobs[0].1.len();
-    pe.proxy
-        .add(Rule::new(&format!("/blobs/{l0}"), Fault::TruncateAfter(size / 3), 2));
+    pe.proxy.add(Rule::new(
+        &format!("/blobs/{l0}"),
+        Fault::TruncateAfter(size / 3),
+        2,
+    ));
     let d = CriImaged::start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
@@ -522,7 +569,12 @@ async fn stall_is_detected_by_the_watchdog() {
         .await
         .expect("a stalled pull must not hang")
         .expect_err("stalled pull must fail");
-    println!("stall: after {:?}: {:?} {}", t.elapsed(), e.code(), e.message());
+    println!(
+        "stall: after {:?}: {:?} {}",
+        t.elapsed(),
+        e.code(),
+        e.message()
+    );
     assert!(e.message().contains("stalled"), "{}", e.message());
     assert_no_record(&d, &pe.env.containerd, &r).await;
     report("stall", &pe.proxy, true);
@@ -534,8 +586,11 @@ async fn slow_trickle_is_not_a_stall() {
     let img = random_image(15, 1, 300 << 10);
     pe.env.push("faults/trickle", Some("v1"), &img).await;
     let l0 = img.layer_digests()[0].clone();
-    pe.proxy
-        .add(Rule::new(&format!("/blobs/{l0}"), Fault::Trickle(64 << 10), usize::MAX));
+    pe.proxy.add(Rule::new(
+        &format!("/blobs/{l0}"),
+        Fault::Trickle(64 << 10),
+        usize::MAX,
+    ));
     let d = CriImaged::start_with(&pe.env.containerd, "pull_progress_timeout: 2s\n");
     d.wait_synced().await;
     let mut c = d.client().await;
@@ -545,7 +600,10 @@ async fn slow_trickle_is_not_a_stall() {
         .expect("slow but steady pull");
     assert_eq!(id, img.config_digest);
     println!("trickle: 300 KiB at 64 KiB/s took {:?}", t.elapsed());
-    assert!(t.elapsed() > Duration::from_secs(3), "the trickle was not applied");
+    assert!(
+        t.elapsed() > Duration::from_secs(3),
+        "the trickle was not applied"
+    );
     report("trickle", &pe.proxy, true);
 }
 
@@ -555,20 +613,31 @@ async fn corrupted_blob_is_data_loss_and_commits_nothing() {
     let img = random_image(16, 2, 128 << 10);
     pe.env.push("faults/corrupt", Some("v1"), &img).await;
     let l1 = img.layer_digests()[1].clone();
-    pe.proxy
-        .add(Rule::new(&format!("/blobs/{l1}"), Fault::Corrupt, usize::MAX));
+    pe.proxy.add(Rule::new(
+        &format!("/blobs/{l1}"),
+        Fault::Corrupt,
+        usize::MAX,
+    ));
     let d = CriImaged::start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = pe.image_ref("faults/corrupt", "v1");
-    let e = pull(&mut c, &r).await.expect_err("corrupted blob must fail");
+    let e = pull(&mut c, &r)
+        .await
+        .expect_err("corrupted blob must fail");
     println!("corrupt: {:?} {}", e.code(), e.message());
     assert_eq!(e.code(), Code::DataLoss, "{}", e.message());
-    assert!(!pe.env.containerd.has_content(&l1), "corrupted blob was committed");
+    assert!(
+        !pe.env.containerd.has_content(&l1),
+        "corrupted blob was committed"
+    );
     assert_no_record(&d, &pe.env.containerd, &r).await;
     // Once the registry serves the right bytes the same pull works.
     pe.proxy.clear_rules();
-    assert_eq!(pull(&mut c, &r).await.expect("pull after repair"), img.config_digest);
+    assert_eq!(
+        pull(&mut c, &r).await.expect("pull after repair"),
+        img.config_digest
+    );
     report("corrupt blob", &pe.proxy, true);
 }
 
@@ -599,11 +668,15 @@ async fn oversized_manifest_and_redirect_loop_fail_cleanly() {
     let mut c = d.client().await;
 
     let r = pe.image_ref("faults/big", "v1");
-    let e = pull(&mut c, &r).await.expect_err("5 MiB manifest must be refused");
+    let e = pull(&mut c, &r)
+        .await
+        .expect_err("5 MiB manifest must be refused");
     println!("big manifest: {:?} {}", e.code(), e.message());
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     assert!(
-        e.message().contains("4 MiB") || e.message().contains("limit") || e.message().to_lowercase().contains("large"),
+        e.message().contains("4 MiB")
+            || e.message().contains("limit")
+            || e.message().to_lowercase().contains("large"),
         "{}",
         e.message()
     );
@@ -615,7 +688,12 @@ async fn oversized_manifest_and_redirect_loop_fail_cleanly() {
         .await
         .expect("redirect loop must not hang")
         .expect_err("redirect loop must fail");
-    println!("redirect loop: after {:?}: {:?} {}", t.elapsed(), e.code(), e.message());
+    println!(
+        "redirect loop: after {:?}: {:?} {}",
+        t.elapsed(),
+        e.code(),
+        e.message()
+    );
     assert!(e.message().contains("redirect"), "{}", e.message());
     assert_no_record(&d, &pe.env.containerd, &r).await;
     report("big manifest + redirect loop", &pe.proxy, true);
@@ -655,7 +733,9 @@ async fn disk_full_is_resource_exhausted_then_recovers() {
     }
     let mut c = d.client().await;
     let r = env.image_ref("faults/disk", "v1");
-    let e = pull(&mut c, &r).await.expect_err("pull onto a full disk must fail");
+    let e = pull(&mut c, &r)
+        .await
+        .expect_err("pull onto a full disk must fail");
     println!("disk full: {:?} {}", e.code(), e.message());
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     assert_no_record(&d, &env.containerd, &r).await;
@@ -672,13 +752,17 @@ async fn disk_full_is_resource_exhausted_then_recovers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pulls_removes_and_races() {
     let env = TestEnv::start();
-    let imgs: Vec<BuiltImage> = (0..10).map(|i| random_image(300 + i, 2, 32 << 10)).collect();
+    let imgs: Vec<BuiltImage> = (0..10)
+        .map(|i| random_image(300 + i, 2, 32 << 10))
+        .collect();
     for (i, img) in imgs.iter().enumerate() {
         env.push(&format!("conc/img{i}"), Some("v1"), img).await;
     }
     let d = CriImaged::start(&env.containerd);
     d.wait_synced().await;
-    let refs: Vec<String> = (0..10).map(|i| env.image_ref(&format!("conc/img{i}"), "v1")).collect();
+    let refs: Vec<String> = (0..10)
+        .map(|i| env.image_ref(&format!("conc/img{i}"), "v1"))
+        .collect();
 
     // 50 concurrent pulls of 10 images.
     let t = Instant::now();

@@ -53,7 +53,11 @@ fn input_strategy() -> impl Strategy<Value = (usize, Vec<Edit>, Option<Vec<u8>>)
     ]
 }
 
-fn apply(seeds: &[Vec<u8>], dict: &[&[u8]], (seed, edits, raw): &(usize, Vec<Edit>, Option<Vec<u8>>)) -> Vec<u8> {
+fn apply(
+    seeds: &[Vec<u8>],
+    dict: &[&[u8]],
+    (seed, edits, raw): &(usize, Vec<Edit>, Option<Vec<u8>>),
+) -> Vec<u8> {
     if let Some(r) = raw {
         return r.clone();
     }
@@ -96,7 +100,9 @@ fn apply(seeds: &[Vec<u8>], dict: &[&[u8]], (seed, edits, raw): &(usize, Vec<Edi
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -191,12 +197,14 @@ const REF_DICT: &[&[u8]] = &[
 ];
 
 fn reference_target(data: &[u8]) {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(r) = Reference::parse_normalized(s) {
         // Round trip: the canonical form parses to the same reference.
         let canon = r.to_string();
-        let again =
-            Reference::parse_normalized(&canon).unwrap_or_else(|e| panic!("{s:?} -> {canon:?} does not parse: {e}"));
+        let again = Reference::parse_normalized(&canon)
+            .unwrap_or_else(|e| panic!("{s:?} -> {canon:?} does not parse: {e}"));
         assert_eq!(again.to_string(), canon, "{s:?}");
         let _ = (
             r.domain(),
@@ -326,8 +334,17 @@ fn run_all(fast: bool) {
     let a = fuzz("reference", REF_DICT, budget(fast), reference_target);
     let b = fuzz("manifest", JSON_DICT, budget(fast), manifest_target);
     let dir = tempfile::tempdir().unwrap();
-    let c = fuzz("hosts_toml", TOML_DICT, budget(fast), hosts_target(dir.path()));
-    println!("fuzz total: {} executions in {:.1?}", a + b + c, t.elapsed());
+    let c = fuzz(
+        "hosts_toml",
+        TOML_DICT,
+        budget(fast),
+        hosts_target(dir.path()),
+    );
+    println!(
+        "fuzz total: {} executions in {:.1?}",
+        a + b + c,
+        t.elapsed()
+    );
 }
 
 #[test]

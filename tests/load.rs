@@ -67,7 +67,12 @@ async fn load(seconds: u64, clients: usize) {
     let mut churners = Vec::new();
     for k in n_imgs / 2..n_imgs {
         let mut c = d.client().await;
-        let (stop, errors, refs, ops) = (stop.clone(), errors.clone(), refs.clone(), churn_ops.clone());
+        let (stop, errors, refs, ops) = (
+            stop.clone(),
+            errors.clone(),
+            refs.clone(),
+            churn_ops.clone(),
+        );
         churners.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Err(e) = pull(&mut c, &refs[k]).await {
@@ -95,10 +100,12 @@ async fn load(seconds: u64, clients: usize) {
                 k += 1;
                 let t = Instant::now();
                 let r = if k % 2 == 0 {
-                    c.list_images(cri::ListImagesRequest { filter: None }).await.map(|r| {
-                        // The stable half is always listed.
-                        r.into_inner().images.len() >= n_imgs / 2
-                    })
+                    c.list_images(cri::ListImagesRequest { filter: None })
+                        .await
+                        .map(|r| {
+                            // The stable half is always listed.
+                            r.into_inner().images.len() >= n_imgs / 2
+                        })
                 } else {
                     let r = &refs[k % refs.len()];
                     c.image_status(cri::ImageStatusRequest {
@@ -111,7 +118,10 @@ async fn load(seconds: u64, clients: usize) {
                 lat.push(t.elapsed());
                 match r {
                     Ok(true) => {}
-                    Ok(false) => errors.lock().unwrap().push("a stable image was missing".into()),
+                    Ok(false) => errors
+                        .lock()
+                        .unwrap()
+                        .push("a stable image was missing".into()),
                     Err(e) => errors.lock().unwrap().push(format!("read: {e}")),
                 }
             }
@@ -149,7 +159,10 @@ async fn load(seconds: u64, clients: usize) {
         &errors[..errors.len().min(5)]
     );
     assert!(lat.len() > clients, "too few reads");
-    assert!(churn_ops.load(Ordering::Relaxed) > 0, "no pulls/removes ran");
+    assert!(
+        churn_ops.load(Ordering::Relaxed) > 0,
+        "no pulls/removes ran"
+    );
     assert!(
         rss_after < rss_before + 200 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"

@@ -26,7 +26,10 @@ async fn pull_by_tag_then_status_by_every_form() {
     assert_eq!(by_tag.repo_digests, vec![digest_ref.clone()]);
     assert_eq!(by_tag.uid.as_ref().map(|u| u.value), Some(1002));
     assert!(by_tag.size > 0);
-    assert_eq!(by_tag.size, imgs.user_1002.total_size() + imgs.user_1002.manifest_bytes.len() as u64);
+    assert_eq!(
+        by_tag.size,
+        imgs.user_1002.total_size() + imgs.user_1002.manifest_bytes.len() as u64
+    );
     assert_eq!(by_tag.spec.as_ref().unwrap().image, id);
 
     let by_digest = status(&mut c, &digest_ref).await.expect("by digest");
@@ -38,7 +41,10 @@ async fn pull_by_tag_then_status_by_every_form() {
 
     // verbose info
     let v = c
-        .image_status(cri::ImageStatusRequest { image: spec(&id), verbose: true })
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&id),
+            verbose: true,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -48,7 +54,9 @@ async fn pull_by_tag_then_status_by_every_form() {
 
     // containerd's own CRI sees the same image ID.
     let mut theirs = cri_client(&env.containerd.socket).await;
-    let t = status(&mut theirs, &r).await.expect("containerd CRI ImageStatus");
+    let t = status(&mut theirs, &r)
+        .await
+        .expect("containerd CRI ImageStatus");
     assert_eq!(t.id, id);
     assert_eq!(t.size, by_tag.size, "size as containerd's CRI reports it");
     assert_eq!(t.uid, by_tag.uid);
@@ -60,5 +68,7 @@ async fn pull_by_tag_then_status_by_every_form() {
     assert!(mine[0].2, "not unpacked: {checks:?}");
 
     // absent image: empty response, no error
-    assert!(status(&mut c, &env.image_ref("std/none", "v1")).await.is_none());
+    assert!(status(&mut c, &env.image_ref("std/none", "v1"))
+        .await
+        .is_none());
 }

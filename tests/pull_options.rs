@@ -21,11 +21,21 @@ async fn pinned_images_are_labelled_and_reported() {
     d.wait_synced().await;
     let mut c = d.client().await;
     pull(&mut c, &pinned).await.unwrap();
-    pull(&mut c, &env.image_ref("opt/plain", "v1")).await.unwrap();
+    pull(&mut c, &env.image_ref("opt/plain", "v1"))
+        .await
+        .unwrap();
     assert!(status(&mut c, &pinned).await.unwrap().pinned);
-    assert!(!status(&mut c, &env.image_ref("opt/plain", "v1")).await.unwrap().pinned);
+    assert!(
+        !status(&mut c, &env.image_ref("opt/plain", "v1"))
+            .await
+            .unwrap()
+            .pinned
+    );
     let ls = ctr_images_ls(&env.containerd);
-    let row = ls.lines().find(|l| l.starts_with(&format!("{pinned} "))).expect("pinned record");
+    let row = ls
+        .lines()
+        .find(|l| l.starts_with(&format!("{pinned} ")))
+        .expect("pinned record");
     assert!(row.contains("io.cri-containerd.pinned=pinned"), "{row}");
 }
 
@@ -34,13 +44,20 @@ async fn runtime_handler_selects_its_snapshotter() {
     let env = TestEnv::start();
     let imgs = standard_images();
     env.push("opt/handler", Some("v1"), &imgs.user_1002).await;
-    let d = CriImaged::start_with(&env.containerd, "runtime_handler_snapshotters: {alt: native}\n");
+    let d = CriImaged::start_with(
+        &env.containerd,
+        "runtime_handler_snapshotters: {alt: native}\n",
+    );
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = env.image_ref("opt/handler", "v1");
     let id = c
         .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec { image: r.clone(), runtime_handler: "alt".into(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: r.clone(),
+                runtime_handler: "alt".into(),
+                ..Default::default()
+            }),
             auth: None,
             sandbox_config: None,
         })
@@ -51,12 +68,20 @@ async fn runtime_handler_selects_its_snapshotter() {
     assert_eq!(id, imgs.user_1002.config_digest);
     let top = imgs.user_1002.chain_id();
     let native = String::from_utf8_lossy(
-        &env.containerd.ctr(&["snapshots", "--snapshotter", "native", "ls"]).stdout,
+        &env.containerd
+            .ctr(&["snapshots", "--snapshotter", "native", "ls"])
+            .stdout,
     )
     .into_owned();
-    assert!(native.contains(&top), "top snapshot not in the native snapshotter:\n{native}");
+    assert!(
+        native.contains(&top),
+        "top snapshot not in the native snapshotter:\n{native}"
+    );
     let overlay = env.containerd.snapshot_keys();
-    assert!(!overlay.contains(&top), "unpacked into overlayfs too: {overlay:?}");
+    assert!(
+        !overlay.contains(&top),
+        "unpacked into overlayfs too: {overlay:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,9 +95,20 @@ async fn blobs_present_in_another_namespace_are_not_fetched() {
     let r = env.image_ref("opt/shared", "v1");
     // containerd fetches it into the "default" namespace first.
     let certs = env.containerd.certs_d.to_string_lossy().into_owned();
-    let out = env.containerd.ctr_ns("default", &["images", "pull", "--plain-http", "--hosts-dir", &certs, &r]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let before: Vec<usize> = img.layer_digests().iter().map(|d| env.registry.blob_get_count(d)).collect();
+    let out = env.containerd.ctr_ns(
+        "default",
+        &["images", "pull", "--plain-http", "--hosts-dir", &certs, &r],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before: Vec<usize> = img
+        .layer_digests()
+        .iter()
+        .map(|d| env.registry.blob_get_count(d))
+        .collect();
     assert!(before.iter().all(|n| *n == 1), "{before:?}");
 
     let d = CriImaged::start(&env.containerd);
@@ -80,8 +116,20 @@ async fn blobs_present_in_another_namespace_are_not_fetched() {
     let mut c = d.client().await;
     assert_eq!(pull(&mut c, &r).await.unwrap(), img.config_digest);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let after: Vec<usize> = img.layer_digests().iter().map(|d| env.registry.blob_get_count(d)).collect();
-    assert_eq!(before, after, "layers were fetched again although containerd had them");
+    let after: Vec<usize> = img
+        .layer_digests()
+        .iter()
+        .map(|d| env.registry.blob_get_count(d))
+        .collect();
+    assert_eq!(
+        before, after,
+        "layers were fetched again although containerd had them"
+    );
     let checks = env.containerd.images_check();
-    assert!(checks.iter().any(|(n, s, u)| n == &r && s.starts_with("complete") && *u), "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .any(|(n, s, u)| n == &r && s.starts_with("complete") && *u),
+        "{checks:?}"
+    );
 }

@@ -22,7 +22,10 @@ async fn new_instance_takes_the_socket_over() {
         .filter(|l| !l.starts_with("metrics_address"))
         .collect::<Vec<_>>()
         .join("\n")
-        + &format!("\nmetrics_address: \"{}\"\nsocket_takeover: true\n", old.metrics_addr);
+        + &format!(
+            "\nmetrics_address: \"{}\"\nsocket_takeover: true\n",
+            old.metrics_addr
+        );
     std::fs::write(&cfg2, text2).unwrap();
     let log2 = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
     let mut new = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
@@ -36,7 +39,9 @@ async fn new_instance_takes_the_socket_over() {
     let sock = old.socket.clone();
     assert!(
         wait_for(
-            || std::fs::metadata(&sock).map(|m| m.ino() != ino_old).unwrap_or(false),
+            || std::fs::metadata(&sock)
+                .map(|m| m.ino() != ino_old)
+                .unwrap_or(false),
             Duration::from_secs(20)
         ),
         "the new instance did not take the socket over: {}",
@@ -47,15 +52,23 @@ async fn new_instance_takes_the_socket_over() {
 
     // The old instance exits cleanly and leaves the new socket in place.
     assert_eq!(old.stop(), Some(0));
-    assert!(old.socket.exists(), "old instance removed the new instance's socket");
+    assert!(
+        old.socket.exists(),
+        "old instance removed the new instance's socket"
+    );
     let mut c = cri_client(&old.socket).await;
     for _ in 0..100 {
-        if c.list_images(k8s_cri::v1::ListImagesRequest { filter: None }).await.is_ok() {
+        if c.list_images(k8s_cri::v1::ListImagesRequest { filter: None })
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    c.list_images(k8s_cri::v1::ListImagesRequest { filter: None }).await.expect("new instance serves");
+    c.list_images(k8s_cri::v1::ListImagesRequest { filter: None })
+        .await
+        .expect("new instance serves");
     unsafe {
         libc::kill(new.id() as i32, libc::SIGTERM);
     }

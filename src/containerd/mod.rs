@@ -72,7 +72,11 @@ fn classify(socket: &Path, s: Status) -> ContainerdError {
     match s.code() {
         Code::Unavailable => ContainerdError::Unavailable {
             socket: socket.display().to_string(),
-            message: if msg.is_empty() { "connection failed".into() } else { msg },
+            message: if msg.is_empty() {
+                "connection failed".into()
+            } else {
+                msg
+            },
         },
         Code::NotFound => ContainerdError::NotFound(msg),
         Code::AlreadyExists => ContainerdError::AlreadyExists(msg),
@@ -255,10 +259,7 @@ impl Containerd {
         &self,
     ) -> Result<impl Stream<Item = std::result::Result<Envelope, Status>>> {
         let mut c = api::events_client::EventsClient::new(self.channel.clone());
-        let filter = format!(
-            "namespace=={},topic~=\"^/images/\"",
-            self.namespace
-        );
+        let filter = format!("namespace=={},topic~=\"^/images/\"", self.namespace);
         let r = c
             .subscribe(Request::new(api::SubscribeRequest {
                 filters: vec![filter],
@@ -337,7 +338,9 @@ impl Containerd {
             let chunk = chunk.map_err(|s| self.err(s))?;
             out.extend_from_slice(&chunk.data);
             if out.len() as u64 > max {
-                return Err(ContainerdError::Other(format!("blob {digest} exceeds {max} bytes")));
+                return Err(ContainerdError::Other(format!(
+                    "blob {digest} exceeds {max} bytes"
+                )));
             }
         }
         Ok(Bytes::from(out))
@@ -536,7 +539,6 @@ impl Containerd {
                 name: name.into(),
                 key: key.into(),
                 labels,
-                ..Default::default()
             },
             lease,
         ))

@@ -105,27 +105,56 @@ mod tests {
 
     #[test]
     fn registry_unavailable_prefix() {
-        let s = registry(&RegistryError::Unavailable("127.0.0.1:1: connection refused".into()));
+        let s = registry(&RegistryError::Unavailable(
+            "127.0.0.1:1: connection refused".into(),
+        ));
         assert_eq!(s.code(), Code::Unavailable);
-        assert!(s.message().starts_with("RegistryUnavailable"), "{}", s.message());
+        assert!(
+            s.message().starts_with("RegistryUnavailable"),
+            "{}",
+            s.message()
+        );
         let s = registry(&RegistryError::Protocol("too many redirects".into()));
-        assert!(s.message().starts_with("RegistryUnavailable"), "{}", s.message());
+        assert!(
+            s.message().starts_with("RegistryUnavailable"),
+            "{}",
+            s.message()
+        );
     }
 
     #[test]
     fn pull_codes() {
         let cases: Vec<(PullError, Code)> = vec![
             (RegistryError::NotFound("x".into()).into(), Code::NotFound),
-            (RegistryError::Unauthorized("x".into()).into(), Code::Unauthenticated),
-            (RegistryError::Forbidden("x".into()).into(), Code::PermissionDenied),
-            (RegistryError::Unavailable("x".into()).into(), Code::Unavailable),
-            (PullError::DigestMismatch("x".into()), Code::DataLoss),
-            (ContainerdError::NoSpace("no space left on device".into()).into(), Code::ResourceExhausted),
             (
-                crate::platform::PlatformError::NoMatch { wanted: "linux/amd64".into(), offered: "linux/arm64".into() }.into(),
+                RegistryError::Unauthorized("x".into()).into(),
+                Code::Unauthenticated,
+            ),
+            (
+                RegistryError::Forbidden("x".into()).into(),
+                Code::PermissionDenied,
+            ),
+            (
+                RegistryError::Unavailable("x".into()).into(),
+                Code::Unavailable,
+            ),
+            (PullError::DigestMismatch("x".into()), Code::DataLoss),
+            (
+                ContainerdError::NoSpace("no space left on device".into()).into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                crate::platform::PlatformError::NoMatch {
+                    wanted: "linux/amd64".into(),
+                    offered: "linux/arm64".into(),
+                }
+                .into(),
                 Code::NotFound,
             ),
-            (crate::manifest::ManifestError::Schema1("d".into()).into(), Code::FailedPrecondition),
+            (
+                crate::manifest::ManifestError::Schema1("d".into()).into(),
+                Code::FailedPrecondition,
+            ),
             (PullError::Canceled, Code::Cancelled),
             (ReferenceError::Empty.into(), Code::InvalidArgument),
         ];
@@ -135,6 +164,10 @@ mod tests {
             assert!(!s.message().is_empty());
         }
         let s = pull("busybox", &RegistryError::Unavailable("down".into()).into());
-        assert!(s.message().starts_with("RegistryUnavailable"), "{}", s.message());
+        assert!(
+            s.message().starts_with("RegistryUnavailable"),
+            "{}",
+            s.message()
+        );
     }
 }

@@ -8,7 +8,10 @@ use tonic::Status;
 
 use super::{error, image_of, to_cri, ImageService};
 
-pub async fn handle(svc: &ImageService, req: cri::ImageStatusRequest) -> Result<cri::ImageStatusResponse, Status> {
+pub async fn handle(
+    svc: &ImageService,
+    req: cri::ImageStatusRequest,
+) -> Result<cri::ImageStatusResponse, Status> {
     let image = image_of(req.image.as_ref())?;
     let Some(view) = svc.store.resolve(image).map_err(|e| error::resolve(&e))? else {
         return Ok(cri::ImageStatusResponse::default());

@@ -7,7 +7,10 @@ use tonic::Status;
 
 use super::{error, to_cri, ImageService};
 
-pub async fn handle(svc: &ImageService, req: cri::ListImagesRequest) -> Result<cri::ListImagesResponse, Status> {
+pub async fn handle(
+    svc: &ImageService,
+    req: cri::ListImagesRequest,
+) -> Result<cri::ListImagesResponse, Status> {
     let filter = req
         .filter
         .and_then(|f| f.image)
@@ -15,7 +18,11 @@ pub async fn handle(svc: &ImageService, req: cri::ListImagesRequest) -> Result<c
         .filter(|s| !s.is_empty());
     let images = match filter {
         Some(q) => {
-            let q = super::image_of(Some(&cri::ImageSpec { image: q, ..Default::default() }))?.to_string();
+            let q = super::image_of(Some(&cri::ImageSpec {
+                image: q,
+                ..Default::default()
+            }))?
+            .to_string();
             svc.store
                 .resolve(&q)
                 .map_err(|e| error::resolve(&e))?
@@ -28,10 +35,17 @@ pub async fn handle(svc: &ImageService, req: cri::ListImagesRequest) -> Result<c
             let generation = svc.store.generation();
             let cached = svc.list_cache.lock().unwrap().clone();
             match cached {
-                Some((g, images)) if g == generation && svc.store.is_synced() => images.as_ref().clone(),
+                Some((g, images)) if g == generation && svc.store.is_synced() => {
+                    images.as_ref().clone()
+                }
                 _ => {
-                    let images: Vec<cri::Image> =
-                        svc.store.list().map_err(|e| error::store(&e))?.iter().map(to_cri).collect();
+                    let images: Vec<cri::Image> = svc
+                        .store
+                        .list()
+                        .map_err(|e| error::store(&e))?
+                        .iter()
+                        .map(to_cri)
+                        .collect();
                     let images = Arc::new(images);
                     *svc.list_cache.lock().unwrap() = Some((generation, images.clone()));
                     images.as_ref().clone()

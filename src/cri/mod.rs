@@ -82,7 +82,9 @@ pub(crate) fn to_cri(v: &ImageView) -> cri::Image {
 pub(crate) fn image_of(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
     let image = spec.map(|s| s.image.as_str()).unwrap_or("");
     if image.is_empty() {
-        return Err(Status::invalid_argument("image spec is empty: an image reference or ID is required"));
+        return Err(Status::invalid_argument(
+            "image spec is empty: an image reference or ID is required",
+        ));
     }
     if image.len() > MAX_IMAGE_LEN {
         return Err(Status::invalid_argument(format!(
@@ -118,7 +120,8 @@ impl ImageService {
             Err(s) => s.code(),
         };
         let elapsed = guard.start.elapsed();
-        self.metrics.observe_rpc(method, code, elapsed.as_secs_f64());
+        self.metrics
+            .observe_rpc(method, code, elapsed.as_secs_f64());
         guard.span.in_scope(|| match &r {
             Ok(_) => tracing::debug!(
                 code = crate::metrics::code_name(code),
@@ -165,25 +168,48 @@ impl Drop for RpcGuard<'_> {
 
 #[tonic::async_trait]
 impl cri::image_service_server::ImageService for ImageService {
-    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
-        self.observe("ListImages", list_images::handle(self, req.into_inner())).await
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        self.observe("ListImages", list_images::handle(self, req.into_inner()))
+            .await
     }
 
-    async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        self.observe("ImageStatus", image_status::handle(self, req.into_inner())).await
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        self.observe("ImageStatus", image_status::handle(self, req.into_inner()))
+            .await
     }
 
-    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        req: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
         let deadline = deadline_of(&req);
-        self.observe("PullImage", pull_image::handle(self, req.into_inner(), deadline)).await
+        self.observe(
+            "PullImage",
+            pull_image::handle(self, req.into_inner(), deadline),
+        )
+        .await
     }
 
-    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        self.observe("RemoveImage", remove_image::handle(self, req.into_inner())).await
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        self.observe("RemoveImage", remove_image::handle(self, req.into_inner()))
+            .await
     }
 
-    async fn image_fs_info(&self, req: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        self.observe("ImageFsInfo", image_fs_info::handle(self, req.into_inner())).await
+    async fn image_fs_info(
+        &self,
+        req: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        self.observe("ImageFsInfo", image_fs_info::handle(self, req.into_inner()))
+            .await
     }
 }
 
@@ -204,8 +230,17 @@ mod tests {
 
     #[test]
     fn image_spec_checks() {
-        assert_eq!(image_of(None).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let big = cri::ImageSpec { image: "a".repeat(MAX_IMAGE_LEN + 1), ..Default::default() };
-        assert_eq!(image_of(Some(&big)).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            image_of(None).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let big = cri::ImageSpec {
+            image: "a".repeat(MAX_IMAGE_LEN + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            image_of(Some(&big)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -27,7 +27,11 @@ pub async fn handle(
     deadline: Option<Duration>,
 ) -> Result<cri::PullImageResponse, Status> {
     let image = image_of(req.image.as_ref())?.to_string();
-    let handler = req.image.as_ref().map(|s| s.runtime_handler.clone()).unwrap_or_default();
+    let handler = req
+        .image
+        .as_ref()
+        .map(|s| s.runtime_handler.clone())
+        .unwrap_or_default();
     let auth = auth_of(req.auth);
     let pull = svc.puller.pull(&image, auth, &handler);
     let report = match deadline {
@@ -44,5 +48,7 @@ pub async fn handle(
         None => pull.await,
     }
     .map_err(|e| error::pull(&image, &e))?;
-    Ok(cri::PullImageResponse { image_ref: report.image_id })
+    Ok(cri::PullImageResponse {
+        image_ref: report.image_id,
+    })
 }

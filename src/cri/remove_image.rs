@@ -7,13 +7,21 @@ use tonic::Status;
 
 use super::{error, image_of, ImageService};
 
-pub async fn handle(svc: &ImageService, req: cri::RemoveImageRequest) -> Result<cri::RemoveImageResponse, Status> {
+pub async fn handle(
+    svc: &ImageService,
+    req: cri::RemoveImageRequest,
+) -> Result<cri::RemoveImageResponse, Status> {
     let image = image_of(req.image.as_ref())?;
     let Some(view) = svc.store.resolve(image).map_err(|e| error::resolve(&e))? else {
         return Ok(cri::RemoveImageResponse {});
     };
     // Records other than the ID record first, the ID record last (sync GC).
-    let mut names: Vec<String> = view.records.iter().filter(|n| **n != view.info.id).cloned().collect();
+    let mut names: Vec<String> = view
+        .records
+        .iter()
+        .filter(|n| **n != view.info.id)
+        .cloned()
+        .collect();
     names.push(view.info.id.clone());
     let last = names.len() - 1;
     for (i, n) in names.iter().enumerate() {

@@ -35,7 +35,11 @@ impl Matcher {
                 }
             })
             .collect();
-        Matcher { wanted, strict, ordered }
+        Matcher {
+            wanted,
+            strict,
+            ordered,
+        }
     }
 
     /// The default matcher of the running machine (upstream `Default()`).
@@ -67,7 +71,11 @@ impl Matcher {
 
     /// The wanted platforms joined for messages, e.g. "linux/amd64".
     pub fn describe(&self) -> String {
-        self.wanted.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        self.wanted
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -76,7 +84,8 @@ fn single_match(m: &Platform, n: &Platform) -> bool {
     m.os == n.os
         && m.architecture == n.architecture
         && m.variant == n.variant
-        && (m.os != "windows" || windows_version_match(m.os_version.as_deref(), n.os_version.as_deref()))
+        && (m.os != "windows"
+            || windows_version_match(m.os_version.as_deref(), n.os_version.as_deref()))
 }
 
 /// Choose the best entry of an index. `entries[i]` is the platform of index
@@ -105,8 +114,15 @@ pub fn select(matcher: &Matcher, entries: &[Option<Platform>]) -> Result<usize, 
             offered.push(s);
         }
     }
-    let offered = if offered.is_empty() { "nothing".to_string() } else { offered.join(", ") };
-    Err(PlatformError::NoMatch { wanted: matcher.describe(), offered })
+    let offered = if offered.is_empty() {
+        "nothing".to_string()
+    } else {
+        offered.join(", ")
+    };
+    Err(PlatformError::NoMatch {
+        wanted: matcher.describe(),
+        offered,
+    })
 }
 
 /// Go `strconv.Atoi(strings.TrimPrefix(variant, "v"))`.
@@ -184,12 +200,20 @@ pub(crate) fn platform_vector(p: &Platform) -> Vec<Platform> {
             };
             for (major, &top_minor) in majors.iter().zip(minors) {
                 for minor in (0..=top_minor).rev() {
-                    let v = if minor == 0 { format!("v{major}") } else { format!("v{major}.{minor}") };
+                    let v = if minor == 0 {
+                        format!("v{major}")
+                    } else {
+                        format!("v{major}.{minor}")
+                    };
                     vector.push(with_variant(p, "arm64", Some(v)));
                 }
             }
             // Every arm64 variant in the table starts with v8 or v9.
-            vector.extend(platform_vector(&with_variant(p, "arm", Some("v8".to_string()))));
+            vector.extend(platform_vector(&with_variant(
+                p,
+                "arm",
+                Some("v8".to_string()),
+            )));
         }
         _ => {}
     }
@@ -225,7 +249,11 @@ fn windows_os_version(prefix: &str) -> WindowsOsVersion {
         minor.parse::<u8>().ok().filter(|_| num_ok(minor)),
         build.parse::<u16>().ok().filter(|_| num_ok(build)),
     ) {
-        (Some(major), Some(minor), Some(build)) => WindowsOsVersion { major, minor, build },
+        (Some(major), Some(minor), Some(build)) => WindowsOsVersion {
+            major,
+            minor,
+            build,
+        },
         _ => WindowsOsVersion::default(),
     }
 }
@@ -268,10 +296,16 @@ mod tests {
     fn check(strict: bool, platform: &str, yes: &[&str], no: &[&str]) {
         let m = Matcher::new(vec![p(platform)], strict);
         for s in yes {
-            assert!(m.matches(&p(s)), "Only(strict={strict})({platform}) should match {s}");
+            assert!(
+                m.matches(&p(s)),
+                "Only(strict={strict})({platform}) should match {s}"
+            );
         }
         for s in no {
-            assert!(!m.matches(&p(s)), "Only(strict={strict})({platform}) should NOT match {s}");
+            assert!(
+                !m.matches(&p(s)),
+                "Only(strict={strict})({platform}) should NOT match {s}"
+            );
         }
     }
 
@@ -282,17 +316,41 @@ mod tests {
             (
                 "linux/amd64",
                 &["linux/amd64", "linux/386"],
-                &["linux/amd64/v2", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64/v2",
+                    "linux/arm/v7",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "linux/amd64/v2",
-                &["linux/amd64", "linux/amd64/v1", "linux/amd64/v2", "linux/386"],
-                &["linux/amd64/v3", "linux/amd64/v4", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64",
+                    "linux/amd64/v1",
+                    "linux/amd64/v2",
+                    "linux/386",
+                ],
+                &[
+                    "linux/amd64/v3",
+                    "linux/amd64/v4",
+                    "linux/arm/v7",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "linux/386",
                 &["linux/386"],
-                &["linux/amd64", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v7",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "windows/amd64",
@@ -301,74 +359,179 @@ mod tests {
             ),
             (
                 "linux/arm/v8",
-                &["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8"],
-                &["linux/amd64", "linux/arm/v4", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                ],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "linux/arm/v7",
                 &["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7"],
-                &["linux/amd64", "linux/arm/v4", "linux/arm/v8", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "linux/arm/v6",
                 &["linux/arm/v5", "linux/arm/v6"],
                 &[
-                    "linux/amd64", "linux/arm", "linux/arm/v4", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
-                    "windows/amd64", "windows/arm",
+                    "linux/amd64",
+                    "linux/arm",
+                    "linux/arm/v4",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm/v5",
                 &["linux/arm/v5"],
                 &[
-                    "linux/amd64", "linux/arm", "linux/arm/v4", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8",
-                    "linux/arm64", "windows/amd64", "windows/arm",
+                    "linux/amd64",
+                    "linux/arm",
+                    "linux/arm/v4",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm/v4",
                 &["linux/arm/v4"],
                 &[
-                    "linux/amd64", "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8",
-                    "linux/arm64", "windows/amd64", "windows/arm",
+                    "linux/amd64",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm64/v9.6",
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
-                    "linux/arm64/v8", "linux/arm64/v8.1", "linux/arm64/v8.2", "linux/arm64/v8.3",
-                    "linux/arm64/v8.4", "linux/arm64/v8.5", "linux/arm64/v8.6", "linux/arm64/v8.7",
-                    "linux/arm64/v8.8", "linux/arm64/v8.9", "linux/arm64/v9", "linux/arm64/v9.0",
-                    "linux/arm64/v9.1", "linux/arm64/v9.2", "linux/arm64/v9.3", "linux/arm64/v9.4",
-                    "linux/arm64/v9.5", "linux/arm64/v9.6",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "linux/arm64/v8",
+                    "linux/arm64/v8.1",
+                    "linux/arm64/v8.2",
+                    "linux/arm64/v8.3",
+                    "linux/arm64/v8.4",
+                    "linux/arm64/v8.5",
+                    "linux/arm64/v8.6",
+                    "linux/arm64/v8.7",
+                    "linux/arm64/v8.8",
+                    "linux/arm64/v8.9",
+                    "linux/arm64/v9",
+                    "linux/arm64/v9.0",
+                    "linux/arm64/v9.1",
+                    "linux/arm64/v9.2",
+                    "linux/arm64/v9.3",
+                    "linux/arm64/v9.4",
+                    "linux/arm64/v9.5",
+                    "linux/arm64/v9.6",
                 ],
-                &["linux/amd64", "linux/arm/v4", "windows/amd64", "windows/arm", "linux/arm64/v8.10"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "windows/amd64",
+                    "windows/arm",
+                    "linux/arm64/v8.10",
+                ],
             ),
             (
                 "linux/arm64/v9",
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
-                    "linux/arm64/v8", "linux/arm64/v8.1", "linux/arm64/v8.2", "linux/arm64/v8.3",
-                    "linux/arm64/v8.4", "linux/arm64/v8.5", "linux/arm64/v9", "linux/arm64/v9.0",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "linux/arm64/v8",
+                    "linux/arm64/v8.1",
+                    "linux/arm64/v8.2",
+                    "linux/arm64/v8.3",
+                    "linux/arm64/v8.4",
+                    "linux/arm64/v8.5",
+                    "linux/arm64/v9",
+                    "linux/arm64/v9.0",
                 ],
-                &["linux/amd64", "linux/arm/v4", "windows/amd64", "windows/arm", "linux/arm64/v8.6"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "windows/amd64",
+                    "windows/arm",
+                    "linux/arm64/v8.6",
+                ],
             ),
             (
                 "linux/arm64/v8.1",
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
-                    "linux/arm64/v8", "linux/arm64/v8.1",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "linux/arm64/v8",
+                    "linux/arm64/v8.1",
                 ],
-                &["linux/amd64", "linux/arm/v4", "linux/arm/v9", "linux/arm64/v9", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v9",
+                    "linux/arm64/v9",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "linux/arm64",
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
                     "linux/arm64/v8",
                 ],
-                &["linux/amd64", "linux/arm/v4", "linux/arm/v9", "linux/arm64/v9", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v9",
+                    "linux/arm64/v9",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
         ];
         for (platform, yes, no) in cases {
@@ -383,12 +546,24 @@ mod tests {
             (
                 "linux/amd64",
                 &["linux/amd64"],
-                &["linux/386", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/386",
+                    "linux/arm/v7",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "linux/386",
                 &["linux/386"],
-                &["linux/amd64", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+                &[
+                    "linux/amd64",
+                    "linux/arm/v7",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
+                ],
             ),
             (
                 "windows/amd64",
@@ -404,57 +579,111 @@ mod tests {
                 "linux/arm/v8",
                 &["linux/arm/v8"],
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/amd64", "linux/arm/v4",
-                    "linux/arm64", "windows/amd64", "windows/arm",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm/v7",
                 &["linux/arm", "linux/arm/v7"],
                 &[
-                    "linux/arm/v5", "linux/arm/v6", "linux/amd64", "linux/arm/v4", "linux/arm/v8", "linux/arm64",
-                    "windows/amd64", "windows/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm/v6",
                 &["linux/arm/v6"],
                 &[
-                    "linux/arm/v5", "linux/amd64", "linux/arm", "linux/arm/v4", "linux/arm/v7", "linux/arm/v8",
-                    "linux/arm64", "windows/amd64", "windows/arm",
+                    "linux/arm/v5",
+                    "linux/amd64",
+                    "linux/arm",
+                    "linux/arm/v4",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm/v5",
                 &["linux/arm/v5"],
                 &[
-                    "linux/amd64", "linux/arm", "linux/arm/v4", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8",
-                    "linux/arm64", "windows/amd64", "windows/arm",
+                    "linux/amd64",
+                    "linux/arm",
+                    "linux/arm/v4",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm/v4",
                 &["linux/arm/v4"],
                 &[
-                    "linux/amd64", "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8",
-                    "linux/arm64", "windows/amd64", "windows/arm",
+                    "linux/amd64",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/arm64",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm64/v9.5",
                 &["linux/arm64/v9.5"],
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/amd64",
-                    "linux/arm/v4", "linux/arm64/v8", "linux/arm64/v8.1", "linux/arm64/v9", "linux/arm64/v9.1",
-                    "linux/arm64/v9.4", "windows/amd64", "windows/arm",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm64/v8",
+                    "linux/arm64/v8.1",
+                    "linux/arm64/v9",
+                    "linux/arm64/v9.1",
+                    "linux/arm64/v9.4",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
             (
                 "linux/arm64/v9",
                 &["linux/arm64/v9", "linux/arm64/v9.0"],
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/amd64",
-                    "linux/arm/v4", "linux/arm/v9", "linux/arm64/v8", "linux/arm64/v8.1", "windows/amd64",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v9",
+                    "linux/arm64/v8",
+                    "linux/arm64/v8.1",
+                    "windows/amd64",
                     "windows/arm",
                 ],
             ),
@@ -462,8 +691,17 @@ mod tests {
                 "linux/arm64/v8.1",
                 &["linux/arm64/v8.1"],
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/amd64",
-                    "linux/arm/v4", "linux/arm/v9", "linux/arm64/v8", "linux/arm64/v9", "windows/amd64",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v9",
+                    "linux/arm64/v8",
+                    "linux/arm64/v9",
+                    "windows/amd64",
                     "windows/arm",
                 ],
             ),
@@ -471,8 +709,17 @@ mod tests {
                 "linux/arm64",
                 &["linux/arm64", "linux/arm64/v8"],
                 &[
-                    "linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/amd64",
-                    "linux/arm/v4", "linux/arm/v9", "linux/arm64/v9", "windows/amd64", "windows/arm",
+                    "linux/arm",
+                    "linux/arm/v5",
+                    "linux/arm/v6",
+                    "linux/arm/v7",
+                    "linux/arm/v8",
+                    "linux/amd64",
+                    "linux/arm/v4",
+                    "linux/arm/v9",
+                    "linux/arm64/v9",
+                    "windows/amd64",
+                    "windows/arm",
                 ],
             ),
         ];
@@ -522,7 +769,10 @@ mod tests {
         assert!(r7 < r6 && r6 < r5, "{r7} {r6} {r5}");
         assert_eq!(rank(&m, "linux/arm"), Some(r7));
         let idx = |v: &[&str]| v.iter().map(|s| Some(p(s))).collect::<Vec<_>>();
-        assert_eq!(select(&m, &idx(&["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"])), Ok(2));
+        assert_eq!(
+            select(&m, &idx(&["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"])),
+            Ok(2)
+        );
         assert_eq!(select(&m, &idx(&["linux/arm/v5", "linux/arm/v6"])), Ok(1));
         assert_eq!(select(&m, &idx(&["linux/arm/v5", "linux/arm64"])), Ok(0));
     }
@@ -530,7 +780,10 @@ mod tests {
     #[test]
     fn ordering_arm_v6_node() {
         let m = Matcher::new(vec![p("linux/arm/v6")], false);
-        let entries: Vec<_> = ["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"].iter().map(|s| Some(p(s))).collect();
+        let entries: Vec<_> = ["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"]
+            .iter()
+            .map(|s| Some(p(s)))
+            .collect();
         assert_eq!(select(&m, &entries), Ok(1));
         assert!(rank(&m, "linux/arm/v7").is_none());
     }
@@ -544,11 +797,21 @@ mod tests {
         let m8 = Matcher::new(vec![p("linux/arm64/v8")], false);
         assert_eq!(rank(&m8, "linux/arm64"), Some(0));
         // arm64 node prefers arm64 over arm/v8 over arm/v7 ...
-        let order = ["linux/arm64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"];
+        let order = [
+            "linux/arm64",
+            "linux/arm/v8",
+            "linux/arm/v7",
+            "linux/arm/v6",
+            "linux/arm/v5",
+        ];
         let ranks: Vec<usize> = order.iter().map(|s| rank(&m, s).unwrap()).collect();
         assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
         // first-listed entry wins between arm64 and arm64/v8 (same rank)
-        let entries = vec![Some(p("linux/arm/v7")), Some(p("linux/arm64/v8")), Some(p("linux/arm64"))];
+        let entries = vec![
+            Some(p("linux/arm/v7")),
+            Some(p("linux/arm64/v8")),
+            Some(p("linux/arm64")),
+        ];
         assert_eq!(select(&m, &entries), Ok(1));
     }
 
@@ -556,8 +819,14 @@ mod tests {
     fn ordering_arm64_v9_prefers_newest() {
         let m = Matcher::new(vec![p("linux/arm64/v9.2")], false);
         let order = [
-            "linux/arm64/v9.2", "linux/arm64/v9.1", "linux/arm64/v9", "linux/arm64/v8.7", "linux/arm64/v8.1",
-            "linux/arm64", "linux/arm/v8", "linux/arm/v5",
+            "linux/arm64/v9.2",
+            "linux/arm64/v9.1",
+            "linux/arm64/v9",
+            "linux/arm64/v8.7",
+            "linux/arm64/v8.1",
+            "linux/arm64",
+            "linux/arm/v8",
+            "linux/arm/v5",
         ];
         let ranks: Vec<usize> = order.iter().map(|s| rank(&m, s).unwrap()).collect();
         assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
@@ -577,7 +846,11 @@ mod tests {
     #[test]
     fn multiple_wanted_in_preference_order() {
         let m = Matcher::new(vec![p("linux/arm64"), p("linux/amd64")], false);
-        let entries = vec![Some(p("linux/amd64")), Some(p("linux/arm/v7")), Some(p("linux/arm64"))];
+        let entries = vec![
+            Some(p("linux/amd64")),
+            Some(p("linux/arm/v7")),
+            Some(p("linux/arm64")),
+        ];
         assert_eq!(select(&m, &entries), Ok(2));
         // arm64's fallbacks (arm) rank before amd64
         assert_eq!(select(&m, &entries[..2]), Ok(1));
@@ -607,8 +880,14 @@ mod tests {
         assert_eq!(select(&node("linux/arm/v7"), &entries), Ok(2));
         assert_eq!(select(&node("linux/armhf"), &entries), Ok(2));
         assert_eq!(select(&node("linux/arm/v8"), &entries), Ok(2));
-        assert!(matches!(select(&node("linux/arm/v6"), &entries), Err(PlatformError::NoMatch { .. })));
-        assert!(matches!(select(&node("windows/amd64"), &entries), Err(PlatformError::NoMatch { .. })));
+        assert!(matches!(
+            select(&node("linux/arm/v6"), &entries),
+            Err(PlatformError::NoMatch { .. })
+        ));
+        assert!(matches!(
+            select(&node("windows/amd64"), &entries),
+            Err(PlatformError::NoMatch { .. })
+        ));
         // The host matcher picks something when the host is one of these.
         let host = Platform::host();
         if ["amd64", "arm64"].contains(&host.architecture.as_str()) && host.os == "linux" {
@@ -634,7 +913,12 @@ mod tests {
             }
         );
         let msg = err.to_string();
-        for needle in ["linux/amd64", "linux/arm64", "unknown/unknown", "(no platform)"] {
+        for needle in [
+            "linux/amd64",
+            "linux/arm64",
+            "unknown/unknown",
+            "(no platform)",
+        ] {
             assert!(msg.contains(needle), "{msg}");
         }
     }
@@ -651,10 +935,18 @@ mod tests {
     #[test]
     fn platform_vector_shapes() {
         let fmt = |v: Vec<Platform>| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-        assert_eq!(fmt(platform_vector(&p("linux/amd64").normalize())), ["linux/amd64", "linux/386"]);
+        assert_eq!(
+            fmt(platform_vector(&p("linux/amd64").normalize())),
+            ["linux/amd64", "linux/386"]
+        );
         assert_eq!(
             fmt(platform_vector(&p("linux/amd64/v3").normalize())),
-            ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64/v1", "linux/386"]
+            [
+                "linux/amd64/v3",
+                "linux/amd64/v2",
+                "linux/amd64/v1",
+                "linux/386"
+            ]
         );
         assert_eq!(
             fmt(platform_vector(&p("linux/arm/v7").normalize())),
@@ -662,14 +954,23 @@ mod tests {
         );
         assert_eq!(
             fmt(platform_vector(&p("linux/arm64").normalize())),
-            ["linux/arm64/v8", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
+            [
+                "linux/arm64/v8",
+                "linux/arm/v8",
+                "linux/arm/v7",
+                "linux/arm/v6",
+                "linux/arm/v5"
+            ]
         );
     }
 
     #[test]
     fn windows_versions() {
         let m = Matcher::new(vec![p("windows(10.0.17763)/amd64")], false);
-        let win = |v: &str| Platform { os_version: Some(v.into()), ..p("windows/amd64") };
+        let win = |v: &str| Platform {
+            os_version: Some(v.into()),
+            ..p("windows/amd64")
+        };
         assert!(m.matches(&win("10.0.17763.1234")));
         assert!(!m.matches(&win("10.0.20348.1")));
         assert!(m.matches(&p("windows/amd64")));
@@ -682,7 +983,10 @@ mod tests {
         assert!(m.matches(&win("10.0.17763.1")));
         // linux ignores os.version
         let m = Matcher::new(vec![p("linux/amd64")], true);
-        assert!(m.matches(&Platform { os_version: Some("whatever".into()), ..p("linux/amd64") }));
+        assert!(m.matches(&Platform {
+            os_version: Some("whatever".into()),
+            ..p("linux/amd64")
+        }));
     }
 
     #[test]

@@ -43,7 +43,9 @@ fn cpu_info_field(cpuinfo: &str, pattern: &str) -> Option<String> {
         let mut list = line.split(':');
         let key = list.next()?;
         let value = list.next()?;
-        key.trim().eq_ignore_ascii_case(pattern).then(|| value.trim().to_string())
+        key.trim()
+            .eq_ignore_ascii_case(pattern)
+            .then(|| value.trim().to_string())
     })
 }
 
@@ -73,7 +75,11 @@ fn variant_from_machine(arch: &str) -> Option<String> {
 /// Upstream `getCPUVariant`, from the text of /proc/cpuinfo and the uname
 /// machine (used when cpuinfo has no "CPU architecture" line). `None` where
 /// upstream returns an error.
-pub(super) fn cpu_variant(cpuinfo: Option<&str>, machine: Option<&str>, goarch: &str) -> Option<String> {
+pub(super) fn cpu_variant(
+    cpuinfo: Option<&str>,
+    machine: Option<&str>,
+    goarch: &str,
+) -> Option<String> {
     let mut variant = match cpuinfo.and_then(|c| cpu_info_field(c, "Cpu architecture")) {
         Some(v) => v,
         None => variant_from_machine(machine?)?,
@@ -111,7 +117,13 @@ fn build_host(os: String, arch: String, cpuinfo: Option<&str>, machine: Option<&
         ),
         _ => None,
     };
-    Platform { os, architecture: arch, variant, os_version: None }.normalize()
+    Platform {
+        os,
+        architecture: arch,
+        variant,
+        os_version: None,
+    }
+    .normalize()
 }
 
 /// The (cached) normalised platform of the running machine.
@@ -127,7 +139,12 @@ pub(super) fn host_platform() -> &'static Platform {
         } else {
             (None, None)
         };
-        build_host(host_os(), arch, cpuinfo.as_deref(), machine.as_deref().map(str::trim))
+        build_host(
+            host_os(),
+            arch,
+            cpuinfo.as_deref(),
+            machine.as_deref().map(str::trim),
+        )
     })
 }
 
@@ -138,24 +155,59 @@ mod tests {
     const RPI_ZERO: &str = "processor\t: 0\nmodel name\t: ARMv6-compatible processor rev 7 (v6l)\n\
         BogoMIPS\t: 697.95\nFeatures\t: half thumb fastmult vfp edsp java tls\nCPU implementer\t: 0x41\n\
         CPU architecture: 7\nCPU variant\t: 0x0\n";
-    const RPI3_32: &str = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\n\
+    const RPI3_32: &str =
+        "processor\t: 0\nmodel name\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\n\
         CPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\n";
-    const ARM64: &str = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU architecture: 8\n";
+    const ARM64: &str =
+        "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU architecture: 8\n";
 
     #[test]
     fn variants_from_cpuinfo() {
-        assert_eq!(cpu_variant(Some(RPI_ZERO), None, "arm").as_deref(), Some("v6"));
-        assert_eq!(cpu_variant(Some(RPI_ZERO), None, "arm64").as_deref(), Some("v7"));
-        assert_eq!(cpu_variant(Some(RPI3_32), None, "arm").as_deref(), Some("v7"));
-        assert_eq!(cpu_variant(Some(ARM64), None, "arm64").as_deref(), Some("v8"));
-        assert_eq!(cpu_variant(Some("CPU architecture: 5TEJ\n"), None, "arm").as_deref(), Some("v5"));
-        assert_eq!(cpu_variant(Some("cpu ARCHITECTURE : 7M\n"), None, "arm").as_deref(), Some("v7"));
-        assert_eq!(cpu_variant(Some("CPU architecture: ?(12)\n"), None, "arm").as_deref(), Some("v7"));
-        assert_eq!(cpu_variant(Some("CPU architecture: weird\n"), None, "arm").as_deref(), Some("unknown"));
+        assert_eq!(
+            cpu_variant(Some(RPI_ZERO), None, "arm").as_deref(),
+            Some("v6")
+        );
+        assert_eq!(
+            cpu_variant(Some(RPI_ZERO), None, "arm64").as_deref(),
+            Some("v7")
+        );
+        assert_eq!(
+            cpu_variant(Some(RPI3_32), None, "arm").as_deref(),
+            Some("v7")
+        );
+        assert_eq!(
+            cpu_variant(Some(ARM64), None, "arm64").as_deref(),
+            Some("v8")
+        );
+        assert_eq!(
+            cpu_variant(Some("CPU architecture: 5TEJ\n"), None, "arm").as_deref(),
+            Some("v5")
+        );
+        assert_eq!(
+            cpu_variant(Some("cpu ARCHITECTURE : 7M\n"), None, "arm").as_deref(),
+            Some("v7")
+        );
+        assert_eq!(
+            cpu_variant(Some("CPU architecture: ?(12)\n"), None, "arm").as_deref(),
+            Some("v7")
+        );
+        assert_eq!(
+            cpu_variant(Some("CPU architecture: weird\n"), None, "arm").as_deref(),
+            Some("unknown")
+        );
         // falls back to uname machine
-        assert_eq!(cpu_variant(Some("processor: 0\n"), Some("armv6l"), "arm").as_deref(), Some("v6"));
-        assert_eq!(cpu_variant(None, Some("aarch64"), "arm64").as_deref(), Some("v8"));
-        assert_eq!(cpu_variant(None, Some("armv7l"), "arm").as_deref(), Some("v7"));
+        assert_eq!(
+            cpu_variant(Some("processor: 0\n"), Some("armv6l"), "arm").as_deref(),
+            Some("v6")
+        );
+        assert_eq!(
+            cpu_variant(None, Some("aarch64"), "arm64").as_deref(),
+            Some("v8")
+        );
+        assert_eq!(
+            cpu_variant(None, Some("armv7l"), "arm").as_deref(),
+            Some("v7")
+        );
         assert_eq!(cpu_variant(None, Some("arm"), "arm"), None);
         assert_eq!(cpu_variant(None, None, "arm"), None);
     }
@@ -166,7 +218,12 @@ mod tests {
         assert_eq!(h, Platform::new("linux", "arm", Some("v6")));
         let h = build_host("linux".into(), "arm".into(), None, None);
         assert_eq!(h, Platform::new("linux", "arm", Some("v7")));
-        let h = build_host("linux".into(), "arm".into(), Some("CPU architecture: junk\n"), None);
+        let h = build_host(
+            "linux".into(),
+            "arm".into(),
+            Some("CPU architecture: junk\n"),
+            None,
+        );
         assert_eq!(h, Platform::new("linux", "arm", Some("v7")));
         let h = build_host("linux".into(), "arm64".into(), Some(ARM64), None);
         assert_eq!(h, Platform::new("linux", "arm64", None));

@@ -15,15 +15,17 @@ pub use compare::{select, Matcher};
 use std::fmt;
 
 /// An OCI image platform (the `platform` object of an image index entry).
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
 pub struct Platform {
     pub os: String,
     pub architecture: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    #[serde(default, rename = "os.version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
 }
 
@@ -63,14 +65,16 @@ impl Platform {
     /// the implied arm64 v8 / amd64 v1 variants. An empty os becomes the host
     /// os.
     pub fn normalize(&self) -> Platform {
-        let (arch, variant) = normalize_arch(
-            &self.architecture,
-            self.variant.as_deref().unwrap_or(""),
-        );
+        let (arch, variant) =
+            normalize_arch(&self.architecture, self.variant.as_deref().unwrap_or(""));
         Platform {
             os: normalize_os(&self.os),
             architecture: arch,
-            variant: if variant.is_empty() { None } else { Some(variant) },
+            variant: if variant.is_empty() {
+                None
+            } else {
+                Some(variant)
+            },
             os_version: self.os_version.clone().filter(|v| !v.is_empty()),
         }
     }
@@ -363,7 +367,9 @@ fn parse_specifier(specifier: &str) -> Result<Platform, PlatformError> {
             p.variant = some(variant);
             Ok(p)
         }
-        _ => Err(invalid("cannot parse platform specifier: too many components".into())),
+        _ => Err(invalid(
+            "cannot parse platform specifier: too many components".into(),
+        )),
     }
 }
 
@@ -390,7 +396,12 @@ mod tests {
     }
 
     fn join(parts: &[&str]) -> String {
-        parts.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join("/")
+        parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// platforms_test.go TestParseSelector (non-skipped, non-features cases),
@@ -406,21 +417,38 @@ mod tests {
                 "linux/arm64",
                 plat("linux", "arm64", ""),
                 "linux/arm64".into(),
-                vec![plat("linux", "aarch64", ""), plat("linux", "aarch64", "v8"), plat("linux", "arm64", "v8")],
+                vec![
+                    plat("linux", "aarch64", ""),
+                    plat("linux", "aarch64", "v8"),
+                    plat("linux", "arm64", "v8"),
+                ],
             ),
             (
                 "linux/arm64/v8",
                 plat("linux", "arm64", "v8"),
                 "linux/arm64/v8".into(),
-                vec![plat("linux", "aarch64", ""), plat("linux", "aarch64", "v8"), plat("linux", "arm64", "")],
+                vec![
+                    plat("linux", "aarch64", ""),
+                    plat("linux", "aarch64", "v8"),
+                    plat("linux", "arm64", ""),
+                ],
             ),
             (
                 "linux/arm",
                 plat("linux", "arm", ""),
                 "linux/arm".into(),
-                vec![plat("linux", "arm", "v7"), plat("linux", "armhf", ""), plat("linux", "arm", "7")],
+                vec![
+                    plat("linux", "arm", "v7"),
+                    plat("linux", "armhf", ""),
+                    plat("linux", "arm", "7"),
+                ],
             ),
-            ("linux/arm/v6", plat("linux", "arm", "v6"), "linux/arm/v6".into(), vec![plat("linux", "armel", "")]),
+            (
+                "linux/arm/v6",
+                plat("linux", "arm", "v6"),
+                "linux/arm/v6".into(),
+                vec![plat("linux", "armel", "")],
+            ),
             (
                 "linux/arm/v7",
                 plat("linux", "arm", "v7"),
@@ -428,33 +456,153 @@ mod tests {
                 vec![plat("linux", "arm", ""), plat("linux", "armhf", "")],
             ),
             ("arm", plat(&os, "arm", ""), join(&[&os, "arm"]), vec![]),
-            ("armel", plat(&os, "arm", "v6"), join(&[&os, "arm/v6"]), vec![]),
+            (
+                "armel",
+                plat(&os, "arm", "v6"),
+                join(&[&os, "arm/v6"]),
+                vec![],
+            ),
             ("armhf", plat(&os, "arm", ""), join(&[&os, "arm"]), vec![]),
-            ("Aarch64", plat(&os, "arm64", ""), join(&[&os, "arm64"]), vec![]),
-            ("x86_64", plat(&os, "amd64", ""), join(&[&os, "amd64"]), vec![]),
-            ("Linux/x86_64", plat("linux", "amd64", ""), "linux/amd64".into(), vec![]),
+            (
+                "Aarch64",
+                plat(&os, "arm64", ""),
+                join(&[&os, "arm64"]),
+                vec![],
+            ),
+            (
+                "x86_64",
+                plat(&os, "amd64", ""),
+                join(&[&os, "amd64"]),
+                vec![],
+            ),
+            (
+                "Linux/x86_64",
+                plat("linux", "amd64", ""),
+                "linux/amd64".into(),
+                vec![],
+            ),
             ("i386", plat(&os, "386", ""), join(&[&os, "386"]), vec![]),
-            ("linux", plat("linux", &arch, &dv), join(&["linux", &arch, &dv]), vec![]),
-            ("s390x", plat(&os, "s390x", ""), join(&[&os, "s390x"]), vec![]),
-            ("linux/s390x", plat("linux", "s390x", ""), "linux/s390x".into(), vec![]),
-            ("macOS", plat("darwin", &arch, &dv), join(&["darwin", &arch, &dv]), vec![]),
-            ("windows", plat("windows", &arch, &dv), join(&["windows", &arch, &dv]), vec![]),
-            ("windows()", plat("windows", &arch, &dv), join(&["windows", &arch, &dv]), vec![]),
+            (
+                "linux",
+                plat("linux", &arch, &dv),
+                join(&["linux", &arch, &dv]),
+                vec![],
+            ),
+            (
+                "s390x",
+                plat(&os, "s390x", ""),
+                join(&[&os, "s390x"]),
+                vec![],
+            ),
+            (
+                "linux/s390x",
+                plat("linux", "s390x", ""),
+                "linux/s390x".into(),
+                vec![],
+            ),
+            (
+                "macOS",
+                plat("darwin", &arch, &dv),
+                join(&["darwin", &arch, &dv]),
+                vec![],
+            ),
+            (
+                "windows",
+                plat("windows", &arch, &dv),
+                join(&["windows", &arch, &dv]),
+                vec![],
+            ),
+            (
+                "windows()",
+                plat("windows", &arch, &dv),
+                join(&["windows", &arch, &dv]),
+                vec![],
+            ),
             // contract extras
-            ("linux/x86-64", plat("linux", "amd64", ""), "linux/amd64".into(), vec![]),
-            ("linux/amd64/v1", plat("linux", "amd64", ""), "linux/amd64".into(), vec![plat("linux", "amd64", "")]),
-            ("linux/i686", plat("linux", "386", ""), "linux/386".into(), vec![plat("linux", "i386", "")]),
-            ("linux/i586", plat("linux", "386", ""), "linux/386".into(), vec![]),
-            ("linux/i486", plat("linux", "386", ""), "linux/386".into(), vec![]),
-            ("linux/386", plat("linux", "386", ""), "linux/386".into(), vec![plat("linux", "i686", "")]),
-            ("linux/armhf", plat("linux", "arm", ""), "linux/arm".into(), vec![plat("linux", "arm", "v7")]),
-            ("linux/armel", plat("linux", "arm", "v6"), "linux/arm/v6".into(), vec![plat("linux", "arm", "6")]),
-            ("linux/arm/5", plat("linux", "arm", "v5"), "linux/arm/v5".into(), vec![]),
-            ("linux/aarch64/8", plat("linux", "arm64", "v8"), "linux/arm64/v8".into(), vec![plat("linux", "arm64", "")]),
-            ("linux/arm64/9", plat("linux", "arm64", "v9"), "linux/arm64/v9".into(), vec![plat("linux", "arm64", "v9.0")]),
-            ("MacOS/arm64", plat("darwin", "arm64", ""), "darwin/arm64".into(), vec![]),
-            ("windows/amd64", plat("windows", "amd64", ""), "windows/amd64".into(), vec![]),
-            ("unknown/unknown", plat("unknown", "unknown", ""), "unknown/unknown".into(), vec![]),
+            (
+                "linux/x86-64",
+                plat("linux", "amd64", ""),
+                "linux/amd64".into(),
+                vec![],
+            ),
+            (
+                "linux/amd64/v1",
+                plat("linux", "amd64", ""),
+                "linux/amd64".into(),
+                vec![plat("linux", "amd64", "")],
+            ),
+            (
+                "linux/i686",
+                plat("linux", "386", ""),
+                "linux/386".into(),
+                vec![plat("linux", "i386", "")],
+            ),
+            (
+                "linux/i586",
+                plat("linux", "386", ""),
+                "linux/386".into(),
+                vec![],
+            ),
+            (
+                "linux/i486",
+                plat("linux", "386", ""),
+                "linux/386".into(),
+                vec![],
+            ),
+            (
+                "linux/386",
+                plat("linux", "386", ""),
+                "linux/386".into(),
+                vec![plat("linux", "i686", "")],
+            ),
+            (
+                "linux/armhf",
+                plat("linux", "arm", ""),
+                "linux/arm".into(),
+                vec![plat("linux", "arm", "v7")],
+            ),
+            (
+                "linux/armel",
+                plat("linux", "arm", "v6"),
+                "linux/arm/v6".into(),
+                vec![plat("linux", "arm", "6")],
+            ),
+            (
+                "linux/arm/5",
+                plat("linux", "arm", "v5"),
+                "linux/arm/v5".into(),
+                vec![],
+            ),
+            (
+                "linux/aarch64/8",
+                plat("linux", "arm64", "v8"),
+                "linux/arm64/v8".into(),
+                vec![plat("linux", "arm64", "")],
+            ),
+            (
+                "linux/arm64/9",
+                plat("linux", "arm64", "v9"),
+                "linux/arm64/v9".into(),
+                vec![plat("linux", "arm64", "v9.0")],
+            ),
+            (
+                "MacOS/arm64",
+                plat("darwin", "arm64", ""),
+                "darwin/arm64".into(),
+                vec![],
+            ),
+            (
+                "windows/amd64",
+                plat("windows", "amd64", ""),
+                "windows/amd64".into(),
+                vec![],
+            ),
+            (
+                "unknown/unknown",
+                plat("unknown", "unknown", ""),
+                "unknown/unknown".into(),
+                vec![],
+            ),
         ];
         assert!(cases.len() >= 30);
         for (input, expected, formatted, matches) in cases {
@@ -480,7 +628,10 @@ mod tests {
             ("windows(10.0.17763)", "10.0.17763"),
             ("windows(10.0.17763+win32k)", "10.0.17763"),
             ("windows(10.0.17763%2Bbuild.42)", "10.0.17763+build.42"),
-            ("windows(10.0.17763%2Bbuild.42+win32k)", "10.0.17763+build.42"),
+            (
+                "windows(10.0.17763%2Bbuild.42+win32k)",
+                "10.0.17763+build.42",
+            ),
             ("windows(50%25done)", "50%done"),
             ("windows(10.0.20348)/amd64", "10.0.20348"),
         ];

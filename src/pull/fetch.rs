@@ -61,7 +61,10 @@ async fn open(ctx: &PullCtx, desc: &Descriptor) -> Result<Opened, PullError> {
         })
         .await
         .ok();
-        let res = ctx.cd.write_stream(ReceiverStream::new(rx), Some(&ctx.lease)).await;
+        let res = ctx
+            .cd
+            .write_stream(ReceiverStream::new(rx), Some(&ctx.lease))
+            .await;
         let mut stream = match res {
             Ok(s) => s,
             Err(ContainerdError::AlreadyExists(_)) => return Ok(Opened::Exists),
@@ -84,12 +87,18 @@ async fn open(ctx: &PullCtx, desc: &Descriptor) -> Result<Opened, PullError> {
                     offset,
                 }));
             }
-            Ok(None) => return Err(PullError::Internal("containerd closed the content write".into())),
+            Ok(None) => {
+                return Err(PullError::Internal(
+                    "containerd closed the content write".into(),
+                ))
+            }
             Err(s) => match ctx.cd.map_status(s) {
                 ContainerdError::AlreadyExists(_) => return Ok(Opened::Exists),
                 // Another writer holds the ref lock (a concurrent pull in another
                 // process): wait and retry.
-                ContainerdError::Unavailable { message, .. } if message.contains("locked") && attempt < 50 => {
+                ContainerdError::Unavailable { message, .. }
+                    if message.contains("locked") && attempt < 50 =>
+                {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -124,7 +133,12 @@ impl Writer {
         }
     }
 
-    async fn commit(mut self, desc: &Descriptor, labels: HashMap<String, String>, ctx: &PullCtx) -> Result<(), PullError> {
+    async fn commit(
+        mut self,
+        desc: &Descriptor,
+        labels: HashMap<String, String>,
+        ctx: &PullCtx,
+    ) -> Result<(), PullError> {
         let msg = WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: self.r#ref.clone(),
@@ -144,7 +158,10 @@ impl Writer {
                 ContainerdError::AlreadyExists(_) => Ok(()),
                 ContainerdError::DigestMismatch(m) => {
                     let _ = ctx.cd.abort_write(&self.r#ref).await;
-                    Err(PullError::DigestMismatch(format!("blob {}: {m}", desc.digest)))
+                    Err(PullError::DigestMismatch(format!(
+                        "blob {}: {m}",
+                        desc.digest
+                    )))
                 }
                 e => Err(e.into()),
             },
@@ -172,7 +189,9 @@ pub async fn write_bytes(
 ) -> Result<Fetched, PullError> {
     // Lease first, then look: content that a concurrent RemoveImage collects
     // between a look and a lease add would be lost to this pull.
-    ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
+    ctx.cd
+        .lease_add(&ctx.lease, "content", &desc.digest)
+        .await?;
     if ctx.cd.content_info(&desc.digest).await?.is_some() {
         if !labels.is_empty() {
             ctx.cd.label_content(&desc.digest, labels).await?;
@@ -207,7 +226,9 @@ pub async fn fetch_blob(
     // Keep it for this pull even if the image that brought it is removed
     // meanwhile: lease first, then look (see write_bytes).
     // The write's Stat answers AlreadyExists for a present blob: no separate Info call.
-    ctx.cd.lease_add(&ctx.lease, "content", &desc.digest).await?;
+    ctx.cd
+        .lease_add(&ctx.lease, "content", &desc.digest)
+        .await?;
     let mut w = match open(ctx, desc).await? {
         Opened::Exists => return Ok(Fetched::Reused),
         Opened::Open(w) => w,
@@ -286,15 +307,17 @@ pub async fn fetch_blob(
             break;
         }
         if resumes >= MAX_RESUMES {
-            return Err(PullError::from(crate::registry::RegistryError::Protocol(format!(
-                "blob {} from {}/{}: body ended at {} of {} bytes {} times",
-                desc.digest,
-                ctx.domain,
-                ctx.repo,
-                w.offset + buf.len() as u64,
-                size,
-                resumes + 1
-            ))));
+            return Err(PullError::from(crate::registry::RegistryError::Protocol(
+                format!(
+                    "blob {} from {}/{}: body ended at {} of {} bytes {} times",
+                    desc.digest,
+                    ctx.domain,
+                    ctx.repo,
+                    w.offset + buf.len() as u64,
+                    size,
+                    resumes + 1
+                ),
+            )));
         }
         resumes += 1;
     }

@@ -19,7 +19,7 @@ use crate::manifest::{self, Descriptor, Document, ManifestError};
 use crate::metrics::{FailureReason, Metrics};
 use crate::platform::{Platform, PlatformError};
 use crate::reference::{Reference, ReferenceError};
-use crate::registry::{PullAuth, RegistryError, Registries};
+use crate::registry::{PullAuth, Registries, RegistryError};
 use crate::store::Store;
 pub use fetch::Fetched;
 pub use unpack::cleanup_interrupted;
@@ -74,9 +74,9 @@ impl PullError {
         match self {
             PullError::Registry(e) => match **e {
                 RegistryError::NotFound(_) => FailureReason::NotFound,
-                RegistryError::Unauthorized(_) | RegistryError::Forbidden(_) | RegistryError::BadCredentials(_) => {
-                    FailureReason::Unauthorized
-                }
+                RegistryError::Unauthorized(_)
+                | RegistryError::Forbidden(_)
+                | RegistryError::BadCredentials(_) => FailureReason::Unauthorized,
                 RegistryError::Unavailable(_) => FailureReason::RegistryUnavailable,
                 RegistryError::DigestMismatch(_) => FailureReason::DigestMismatch,
                 _ => FailureReason::Other,
@@ -96,7 +96,10 @@ impl PullError {
 
 /// Registry errors worth a resumed download.
 pub(crate) fn retryable(e: &RegistryError) -> bool {
-    matches!(e, RegistryError::Unavailable(_) | RegistryError::Protocol(_))
+    matches!(
+        e,
+        RegistryError::Unavailable(_) | RegistryError::Protocol(_)
+    )
 }
 
 /// Settings of the pipeline.
@@ -142,7 +145,8 @@ pub(crate) struct PullCtx {
 
 impl PullCtx {
     pub fn progress(&self, n: u64) {
-        self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.metrics.bytes_fetched.inc_by(n);
     }
 }
@@ -199,7 +203,11 @@ impl Puller {
         let reference = Reference::parse_normalized(image)?.with_default_tag();
         let auth = auth.normalized()?;
         let snapshotter = self.snapshotter_for(runtime_handler);
-        let key = (reference.to_string(), auth.fingerprint(), snapshotter.clone());
+        let key = (
+            reference.to_string(),
+            auth.fingerprint(),
+            snapshotter.clone(),
+        );
         let this = self.clone();
         let started = Instant::now();
         let in_flight = crate::metrics::GaugeGuard::inc(&self.metrics.pulls_in_flight); // dec also when the caller goes away
@@ -218,7 +226,9 @@ impl Puller {
         if joined.coalesced {
             self.metrics.pulls_coalesced.inc();
         } else {
-            self.metrics.pull_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .pull_duration
+                .observe(started.elapsed().as_secs_f64());
         }
         joined.value
     }
@@ -293,7 +303,10 @@ impl Puller {
         // Fast path: a digest reference already complete locally needs no network.
         if let Some(d) = reference.digest() {
             if let Some(view) = self.store.get_by_record(&format!("{name}@{d}")) {
-                if self.already_current(reference, d, &view.info, snapshotter).await {
+                if self
+                    .already_current(reference, d, &view.info, snapshotter)
+                    .await
+                {
                     report.image_id = view.info.id.clone();
                     report.platform = view.info.platform.to_string();
                     report.already_present = true;
@@ -301,7 +314,14 @@ impl Puller {
                     return Ok(report);
                 }
                 if self.complete_locally(&view.info, snapshotter).await
-                    && self.reuse_local(reference, &view.info.target_descriptor(), &view.info, snapshotter).await?
+                    && self
+                        .reuse_local(
+                            reference,
+                            &view.info.target_descriptor(),
+                            &view.info,
+                            snapshotter,
+                        )
+                        .await?
                 {
                     report.image_id = view.info.id.clone();
                     report.platform = view.info.platform.to_string();
@@ -313,8 +333,15 @@ impl Puller {
         }
 
         // ---- resolve ----
-        let wanted = reference.digest().or(reference.tag()).unwrap_or("latest").to_string();
-        let top = self.registries.get_manifest(&domain, &repo, &wanted, auth).await?;
+        let wanted = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let top = self
+            .registries
+            .get_manifest(&domain, &repo, &wanted, auth)
+            .await?;
         self.metrics.bytes_fetched.inc_by(top.bytes.len() as u64);
         let top_type = manifest::sniff_media_type(&top.media_type, &top.bytes);
         let top_desc = Descriptor {
@@ -325,7 +352,10 @@ impl Puller {
         };
         // Warm path: the same target is already an image here.
         if let Some(view) = self.store.get_by_record(&format!("{name}@{}", top.digest)) {
-            if self.already_current(reference, &top.digest, &view.info, snapshotter).await {
+            if self
+                .already_current(reference, &top.digest, &view.info, snapshotter)
+                .await
+            {
                 report.image_id = view.info.id.clone();
                 report.platform = view.info.platform.to_string();
                 report.already_present = true;
@@ -334,7 +364,9 @@ impl Puller {
             }
             if view.info.target == top.digest
                 && self.complete_locally(&view.info, snapshotter).await
-                && self.reuse_local(reference, &top_desc, &view.info, snapshotter).await?
+                && self
+                    .reuse_local(reference, &top_desc, &view.info, snapshotter)
+                    .await?
             {
                 report.image_id = view.info.id.clone();
                 report.platform = view.info.platform.to_string();
@@ -345,31 +377,43 @@ impl Puller {
         }
 
         let mut index_bytes: Option<(Descriptor, Bytes, Vec<Descriptor>)> = None;
-        let (manifest_desc, manifest_bytes) = match manifest::parse(&top_type, &top.digest, &top.bytes)? {
-            Document::Manifest(_) => (top_desc.clone(), top.bytes.clone()),
-            Document::Index(idx) => {
-                let mut derived: Vec<Option<Platform>> = vec![None; idx.manifests.len()];
-                for (i, d) in idx.manifests.iter().enumerate() {
-                    if d.platform.is_none() && (manifest::is_manifest(&d.media_type) || d.media_type.is_empty()) {
-                        derived[i] = self.remote_config_platform(&domain, &repo, d, auth).await;
+        let (manifest_desc, manifest_bytes) =
+            match manifest::parse(&top_type, &top.digest, &top.bytes)? {
+                Document::Manifest(_) => (top_desc.clone(), top.bytes.clone()),
+                Document::Index(idx) => {
+                    let mut derived: Vec<Option<Platform>> = vec![None; idx.manifests.len()];
+                    for (i, d) in idx.manifests.iter().enumerate() {
+                        if d.platform.is_none()
+                            && (manifest::is_manifest(&d.media_type) || d.media_type.is_empty())
+                        {
+                            derived[i] = self.remote_config_platform(&domain, &repo, d, auth).await;
+                        }
                     }
+                    let i = crate::store::inspect::choose(self.store.matcher(), &idx, &derived)?;
+                    let chosen = idx.manifests[i].clone();
+                    let m = self
+                        .registries
+                        .get_manifest(&domain, &repo, &chosen.digest, auth)
+                        .await?;
+                    self.metrics.bytes_fetched.inc_by(m.bytes.len() as u64);
+                    let mt = manifest::sniff_media_type(&m.media_type, &m.bytes);
+                    let desc = Descriptor {
+                        media_type: mt,
+                        digest: chosen.digest.clone(),
+                        size: m.bytes.len() as i64,
+                        ..Default::default()
+                    };
+                    index_bytes =
+                        Some((top_desc.clone(), top.bytes.clone(), idx.manifests.clone()));
+                    (desc, m.bytes)
                 }
-                let i = crate::store::inspect::choose(self.store.matcher(), &idx, &derived)?;
-                let chosen = idx.manifests[i].clone();
-                let m = self.registries.get_manifest(&domain, &repo, &chosen.digest, auth).await?;
-                self.metrics.bytes_fetched.inc_by(m.bytes.len() as u64);
-                let mt = manifest::sniff_media_type(&m.media_type, &m.bytes);
-                let desc = Descriptor {
-                    media_type: mt,
-                    digest: chosen.digest.clone(),
-                    size: m.bytes.len() as i64,
-                    ..Default::default()
-                };
-                index_bytes = Some((top_desc.clone(), top.bytes.clone(), idx.manifests.clone()));
-                (desc, m.bytes)
-            }
-        };
-        let Document::Manifest(man) = manifest::parse(&manifest_desc.media_type, &manifest_desc.digest, &manifest_bytes)? else {
+            };
+        let Document::Manifest(man) = manifest::parse(
+            &manifest_desc.media_type,
+            &manifest_desc.digest,
+            &manifest_bytes,
+        )?
+        else {
             return Err(ManifestError::Unsupported {
                 media_type: manifest_desc.media_type.clone(),
                 digest: manifest_desc.digest.clone(),
@@ -380,7 +424,11 @@ impl Puller {
         let config = manifest::parse_config(&man.config.digest, &config_bytes)?;
         let diff_ids = config.diff_ids().to_vec();
         if diff_ids.len() != man.layers.len() {
-            return Err(PullError::LayerCount(man.config.digest.clone(), diff_ids.len(), man.layers.len()));
+            return Err(PullError::LayerCount(
+                man.config.digest.clone(),
+                diff_ids.len(),
+                man.layers.len(),
+            ));
         }
         report.platform = config.platform().to_string();
         report.image_id = man.config.digest.clone();
@@ -388,7 +436,11 @@ impl Puller {
         self.metrics.phase("resolve", report.resolve.as_secs_f64());
 
         // ---- fetch + unpack (pipelined), under a lease ----
-        let lease = format!("cri-imaged-pull-{}-{}", std::process::id(), rand::random::<u64>());
+        let lease = format!(
+            "cri-imaged-pull-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         self.cd.create_lease(&lease, self.cfg.lease_expiry).await?;
         let ctx = Arc::new(PullCtx {
             cd: self.cd.clone(),
@@ -412,44 +464,65 @@ impl Puller {
             senders.push(tx);
             receivers.push(rx);
         }
-        let fetches = man.layers.iter().cloned().zip(senders).map(|(layer, done)| {
-            let ctx = ctx.clone();
-            let this_b = self.clone();
-            let per_pull = per_pull.clone();
-            let global = self.global_downloads.clone();
-            let source = source.clone();
-            async move {
-                let _p = per_pull.acquire_owned().await.map_err(|_| PullError::Canceled)?;
-                let _g = global.acquire_owned().await.map_err(|_| PullError::Canceled)?;
-                // One download per blob in this process, even across different images.
-                let joined = this_b
-                    .blob_flights
-                    .run(
-                        // Same source and credentials only: another pull's failure
-                        // (say, unauthorized) must not become ours.
-                        format!("{}|{}/{}|{}", layer.digest, ctx.domain, ctx.repo, ctx.auth.fingerprint()),
-                        {
-                            let ctx = ctx.clone();
-                            let layer = layer.clone();
-                            move || async move { fetch::fetch_blob(&ctx, &layer, HashMap::from([source])).await }
-                        },
-                        || Err(PullError::Canceled),
-                    )
-                    .await;
-                let mut r = joined.value?;
-                if joined.coalesced {
-                    // Fetched under another pull's lease: reference it from ours too.
-                    ctx.cd.lease_add(&ctx.lease, "content", &layer.digest).await?;
-                    r = Fetched::Reused;
+        let fetches = man
+            .layers
+            .iter()
+            .cloned()
+            .zip(senders)
+            .map(|(layer, done)| {
+                let ctx = ctx.clone();
+                let this_b = self.clone();
+                let per_pull = per_pull.clone();
+                let global = self.global_downloads.clone();
+                let source = source.clone();
+                async move {
+                    let _p = per_pull
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| PullError::Canceled)?;
+                    let _g = global
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| PullError::Canceled)?;
+                    // One download per blob in this process, even across different images.
+                    let joined = this_b
+                        .blob_flights
+                        .run(
+                            // Same source and credentials only: another pull's failure
+                            // (say, unauthorized) must not become ours.
+                            format!(
+                                "{}|{}/{}|{}",
+                                layer.digest,
+                                ctx.domain,
+                                ctx.repo,
+                                ctx.auth.fingerprint()
+                            ),
+                            {
+                                let ctx = ctx.clone();
+                                let layer = layer.clone();
+                                move || async move {
+                                    fetch::fetch_blob(&ctx, &layer, HashMap::from([source])).await
+                                }
+                            },
+                            || Err(PullError::Canceled),
+                        )
+                        .await;
+                    let mut r = joined.value?;
+                    if joined.coalesced {
+                        // Fetched under another pull's lease: reference it from ours too.
+                        ctx.cd
+                            .lease_add(&ctx.lease, "content", &layer.digest)
+                            .await?;
+                        r = Fetched::Reused;
+                    }
+                    match r {
+                        Fetched::Reused => ctx.metrics.layers_reused.inc(),
+                        Fetched::Downloaded(_) => ctx.metrics.layers_fetched.inc(),
+                    }
+                    let _ = done.send(());
+                    Ok::<Fetched, PullError>(r)
                 }
-                match r {
-                    Fetched::Reused => ctx.metrics.layers_reused.inc(),
-                    Fetched::Downloaded(_) => ctx.metrics.layers_fetched.inc(),
-                }
-                let _ = done.send(());
-                Ok::<Fetched, PullError>(r)
-            }
-        });
+            });
         let fetch_all = async {
             let r = try_join_all(fetches).await?;
             Ok::<(Vec<Fetched>, Duration), PullError>((r, t1.elapsed()))
@@ -464,7 +537,10 @@ impl Puller {
                 return Err(e);
             }
         };
-        report.layers_fetched = fetched.iter().filter(|f| matches!(f, Fetched::Downloaded(_))).count();
+        report.layers_fetched = fetched
+            .iter()
+            .filter(|f| matches!(f, Fetched::Downloaded(_)))
+            .count();
         report.layers_reused = fetched.len() - report.layers_fetched;
         report.fetch = fetch_time;
         report.unpack = unpack_done.saturating_sub(fetch_time);
@@ -483,13 +559,22 @@ impl Puller {
             let ctx = ctx2;
             let mut cfg_labels = HashMap::from([source_label(&ctx.domain, &ctx.repo)]);
             if !top_chain.is_empty() {
-                cfg_labels.insert(format!("{}{}", labels::GC_REF_SNAPSHOT_PREFIX, snapshotter2), top_chain);
+                cfg_labels.insert(
+                    format!("{}{}", labels::GC_REF_SNAPSHOT_PREFIX, snapshotter2),
+                    top_chain,
+                );
             }
             fetch::write_bytes(&ctx, &cfg_desc, config_bytes, cfg_labels).await?;
             let mut m_labels = HashMap::from([source_label(&ctx.domain, &ctx.repo)]);
-            m_labels.insert(labels::GC_REF_CONTENT_CONFIG.to_string(), cfg_desc.digest.clone());
+            m_labels.insert(
+                labels::GC_REF_CONTENT_CONFIG.to_string(),
+                cfg_desc.digest.clone(),
+            );
             for (i, l) in layers.iter().enumerate() {
-                m_labels.insert(format!("{}{i}", labels::GC_REF_CONTENT_LAYER_PREFIX), l.digest.clone());
+                m_labels.insert(
+                    format!("{}{i}", labels::GC_REF_CONTENT_LAYER_PREFIX),
+                    l.digest.clone(),
+                );
             }
             fetch::write_bytes(&ctx, &manifest_desc, manifest_bytes, m_labels).await?;
             let target = match index_bytes {
@@ -497,14 +582,18 @@ impl Puller {
                     let mut i_labels = HashMap::from([source_label(&ctx.domain, &ctx.repo)]);
                     for (i, d) in entries.iter().enumerate() {
                         // Only the chosen manifest is local; refs to absent content are harmless.
-                        i_labels.insert(format!("{}{i}", labels::GC_REF_CONTENT_MANIFEST_PREFIX), d.digest.clone());
+                        i_labels.insert(
+                            format!("{}{i}", labels::GC_REF_CONTENT_MANIFEST_PREFIX),
+                            d.digest.clone(),
+                        );
                     }
                     fetch::write_bytes(&ctx, &idx_desc, idx_bytes, i_labels).await?;
                     idx_desc
                 }
                 None => manifest_desc,
             };
-            this.ensure_records(&reference2, &target, &cfg_desc.digest, &[]).await?;
+            this.ensure_records(&reference2, &target, &cfg_desc.digest)
+                .await?;
             let _ = ctx.cd.delete_lease(&ctx.lease).await;
             Ok::<(), PullError>(())
         });
@@ -530,9 +619,15 @@ impl Puller {
         info: &crate::store::ImageInfo,
         snapshotter: &str,
     ) -> Result<bool, PullError> {
-        let lease = format!("cri-imaged-pull-{}-{}", std::process::id(), rand::random::<u64>());
+        let lease = format!(
+            "cri-imaged-pull-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         // Not flat: the target keeps its manifest, config, layers and snapshot.
-        self.cd.create_lease_deep(&lease, self.cfg.lease_expiry).await?;
+        self.cd
+            .create_lease_deep(&lease, self.cfg.lease_expiry)
+            .await?;
         let result = async {
             self.cd.lease_add(&lease, "content", &target.digest).await?;
             if !info.chain_id.is_empty() {
@@ -545,7 +640,7 @@ impl Puller {
                 tracing::debug!(image = %reference, "local image went away while reusing it; pulling");
                 return Ok(false);
             }
-            self.ensure_records(reference, target, &info.id, &[]).await?;
+            self.ensure_records(reference, target, &info.id).await?;
             Ok::<bool, PullError>(true)
         }
         .await;
@@ -556,7 +651,13 @@ impl Puller {
     /// Warm pull: every record this pull would write already points at
     /// `target` (as the index knows it) and the image's top snapshot exists.
     /// Then nothing needs writing at all.
-    async fn already_current(&self, reference: &Reference, target: &str, info: &crate::store::ImageInfo, snapshotter: &str) -> bool {
+    async fn already_current(
+        &self,
+        reference: &Reference,
+        target: &str,
+        info: &crate::store::ImageInfo,
+        snapshotter: &str,
+    ) -> bool {
         let pinned = self.is_pinned(reference);
         let current = record_names(reference, target, &info.id).iter().all(|n| {
             matches!(self.store.record(n), Some((id, t, p)) if id == info.id && t == target && (p || !pinned))
@@ -569,7 +670,10 @@ impl Puller {
         if info.chain_id.is_empty() {
             return true;
         }
-        matches!(self.cd.snapshot_exists(snapshotter, &info.chain_id).await, Ok(true))
+        matches!(
+            self.cd.snapshot_exists(snapshotter, &info.chain_id).await,
+            Ok(true)
+        )
     }
 
     /// Create (or update) the image records: name:tag, name@digest, sha256:<id>.
@@ -578,14 +682,19 @@ impl Puller {
         reference: &Reference,
         target: &Descriptor,
         image_id: &str,
-        _extra: &[String],
     ) -> Result<(), PullError> {
         let names = record_names(reference, &target.digest, image_id);
         let pinned = self.is_pinned(reference);
         for n in &names {
-            let mut l = HashMap::from([(labels::CRI_MANAGED.to_string(), labels::CRI_MANAGED_VALUE.to_string())]);
+            let mut l = HashMap::from([(
+                labels::CRI_MANAGED.to_string(),
+                labels::CRI_MANAGED_VALUE.to_string(),
+            )]);
             if pinned {
-                l.insert(labels::CRI_PINNED.to_string(), labels::CRI_PINNED_VALUE.to_string());
+                l.insert(
+                    labels::CRI_PINNED.to_string(),
+                    labels::CRI_PINNED_VALUE.to_string(),
+                );
             }
             let rec = ImageRecord {
                 name: n.clone(),
@@ -616,7 +725,13 @@ impl Puller {
     }
 
     /// A small blob (config) from the registry, size-limited and digest-checked.
-    async fn fetch_small(&self, domain: &str, repo: &str, desc: &Descriptor, auth: &PullAuth) -> Result<Bytes, PullError> {
+    async fn fetch_small(
+        &self,
+        domain: &str,
+        repo: &str,
+        desc: &Descriptor,
+        auth: &PullAuth,
+    ) -> Result<Bytes, PullError> {
         if desc.size as u64 > manifest::MAX_DOCUMENT_BYTES {
             return Err(ManifestError::TooLarge {
                 what: "config",
@@ -626,10 +741,17 @@ impl Puller {
             .into());
         }
         // Already local (warm content, cold records)?
-        if let Ok(b) = self.cd.read_blob(&desc.digest, manifest::MAX_DOCUMENT_BYTES).await {
+        if let Ok(b) = self
+            .cd
+            .read_blob(&desc.digest, manifest::MAX_DOCUMENT_BYTES)
+            .await
+        {
             return Ok(b);
         }
-        let blob = self.registries.get_blob(domain, repo, &desc.digest, 0, auth).await?;
+        let blob = self
+            .registries
+            .get_blob(domain, repo, &desc.digest, 0, auth)
+            .await?;
         let mut out = Vec::with_capacity(desc.size.max(0) as usize);
         let mut s = blob.stream;
         use futures::StreamExt;
@@ -646,7 +768,10 @@ impl Puller {
                 .into());
             }
         }
-        let got = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out)));
+        let got = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out))
+        );
         if desc.digest.starts_with("sha256:") && got != desc.digest {
             return Err(PullError::DigestMismatch(format!(
                 "config {} from {domain}/{repo} has digest {got}",
@@ -656,14 +781,31 @@ impl Puller {
         Ok(Bytes::from(out))
     }
 
-    async fn remote_config_platform(&self, domain: &str, repo: &str, d: &Descriptor, auth: &PullAuth) -> Option<Platform> {
-        let m = self.registries.get_manifest(domain, repo, &d.digest, auth).await.ok()?;
+    async fn remote_config_platform(
+        &self,
+        domain: &str,
+        repo: &str,
+        d: &Descriptor,
+        auth: &PullAuth,
+    ) -> Option<Platform> {
+        let m = self
+            .registries
+            .get_manifest(domain, repo, &d.digest, auth)
+            .await
+            .ok()?;
         let mt = manifest::sniff_media_type(&m.media_type, &m.bytes);
         let Document::Manifest(man) = manifest::parse(&mt, &d.digest, &m.bytes).ok()? else {
             return None;
         };
-        let b = self.fetch_small(domain, repo, &man.config, auth).await.ok()?;
-        Some(manifest::parse_config(&man.config.digest, &b).ok()?.platform())
+        let b = self
+            .fetch_small(domain, repo, &man.config, auth)
+            .await
+            .ok()?;
+        Some(
+            manifest::parse_config(&man.config.digest, &b)
+                .ok()?
+                .platform(),
+        )
     }
 }
 
@@ -682,5 +824,8 @@ fn record_names(reference: &Reference, target: &str, image_id: &str) -> Vec<Stri
 }
 
 fn source_label(domain: &str, repo: &str) -> (String, String) {
-    (format!("{}{domain}", labels::DISTRIBUTION_SOURCE_PREFIX), repo.to_string())
+    (
+        format!("{}{domain}", labels::DISTRIBUTION_SOURCE_PREFIX),
+        repo.to_string(),
+    )
 }

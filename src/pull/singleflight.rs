@@ -173,7 +173,11 @@ mod tests {
         .await;
         assert!(r.is_err());
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(finished.load(Ordering::SeqCst), 0, "aborted work must not finish");
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            0,
+            "aborted work must not finish"
+        );
         assert_eq!(sf.in_flight(), 0);
     }
 }

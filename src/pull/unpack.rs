@@ -144,7 +144,9 @@ pub async fn cleanup_interrupted(
             Err(e) => return Err(e),
         };
         for info in infos {
-            let Some(rest) = info.name.strip_prefix(EXTRACT_KEY_PREFIX) else { continue };
+            let Some(rest) = info.name.strip_prefix(EXTRACT_KEY_PREFIX) else {
+                continue;
+            };
             if info.kind != containerd_client::services::v1::snapshots::Kind::Active as i32 {
                 continue;
             }
@@ -159,7 +161,9 @@ pub async fn cleanup_interrupted(
                     removed += 1;
                     tracing::info!(snapshotter = %sn, key = %info.name, "removed a snapshot left by an interrupted unpack");
                 }
-                Err(e) => tracing::warn!(snapshotter = %sn, key = %info.name, error = %e, "cannot remove a snapshot left by an interrupted unpack"),
+                Err(e) => {
+                    tracing::warn!(snapshotter = %sn, key = %info.name, error = %e, "cannot remove a snapshot left by an interrupted unpack")
+                }
             }
         }
     }

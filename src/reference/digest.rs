@@ -38,7 +38,10 @@ pub(crate) fn check_digest(s: &str) -> Result<(), DigestProblem> {
     if encoded.len() != want {
         return Err(DigestProblem::Length);
     }
-    if !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !encoded
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(DigestProblem::Format);
     }
     Ok(())
@@ -101,13 +104,34 @@ mod tests {
         assert!(is_valid_digest(&format!("sha256:{h64}")));
         assert!(is_valid_digest(&format!("sha384:{}", "0".repeat(96))));
         assert!(is_valid_digest(&format!("sha512:{}", "a".repeat(128))));
-        assert_eq!(check_digest(&format!("sha256:{}", "f".repeat(34))), Err(DigestProblem::Length));
-        assert_eq!(check_digest(&format!("sha256:{}", "f".repeat(65))), Err(DigestProblem::Length));
-        assert_eq!(check_digest(&format!("sha256:{}", "F".repeat(64))), Err(DigestProblem::Format));
-        assert_eq!(check_digest(&format!("sha512:{h64}")), Err(DigestProblem::Length));
-        assert_eq!(check_digest(&format!("invaliddigest:{h64}")), Err(DigestProblem::Unsupported));
-        assert_eq!(check_digest(&format!("md5:{}", "f".repeat(32))), Err(DigestProblem::Unsupported));
-        assert_eq!(check_digest(&format!("SHA256:{h64}")), Err(DigestProblem::Format));
+        assert_eq!(
+            check_digest(&format!("sha256:{}", "f".repeat(34))),
+            Err(DigestProblem::Length)
+        );
+        assert_eq!(
+            check_digest(&format!("sha256:{}", "f".repeat(65))),
+            Err(DigestProblem::Length)
+        );
+        assert_eq!(
+            check_digest(&format!("sha256:{}", "F".repeat(64))),
+            Err(DigestProblem::Format)
+        );
+        assert_eq!(
+            check_digest(&format!("sha512:{h64}")),
+            Err(DigestProblem::Length)
+        );
+        assert_eq!(
+            check_digest(&format!("invaliddigest:{h64}")),
+            Err(DigestProblem::Unsupported)
+        );
+        assert_eq!(
+            check_digest(&format!("md5:{}", "f".repeat(32))),
+            Err(DigestProblem::Unsupported)
+        );
+        assert_eq!(
+            check_digest(&format!("SHA256:{h64}")),
+            Err(DigestProblem::Format)
+        );
         assert_eq!(check_digest(&h64), Err(DigestProblem::Format));
         assert_eq!(check_digest("sha256:"), Err(DigestProblem::Format));
         assert_eq!(check_digest(""), Err(DigestProblem::Format));
@@ -142,5 +166,6 @@ mod tests {
         assert_eq!(c1, CHAIN_AB);
     }
 
-    const CHAIN_AB: &str = "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c";
+    const CHAIN_AB: &str =
+        "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c";
 }

@@ -65,7 +65,9 @@ pub enum ReferenceError {
     /// Unsupported algorithm, wrong length for the algorithm, or malformed.
     #[error("invalid reference {0:?}: invalid digest format")]
     BadDigest(String),
-    #[error("invalid reference {0:?}: cannot specify 64-byte hexadecimal strings as a repository name")]
+    #[error(
+        "invalid reference {0:?}: cannot specify 64-byte hexadecimal strings as a repository name"
+    )]
     IdAsName(String),
     #[error("invalid reference {0:?}: invalid reference format")]
     Invalid(String),
@@ -395,11 +397,26 @@ mod tests {
             ("test_com".into(), Ok(("", "test_com", "", ""))),
             ("test.com:tag".into(), Ok(("", "test.com", "tag", ""))),
             ("test.com:5000".into(), Ok(("", "test.com", "5000", ""))),
-            ("test.com/repo:tag".into(), Ok(("test.com", "test.com/repo", "tag", ""))),
-            ("test:5000/repo".into(), Ok(("test:5000", "test:5000/repo", "", ""))),
-            ("test:5000/repo:tag".into(), Ok(("test:5000", "test:5000/repo", "tag", ""))),
-            (format!("test:5000/repo@{d256}"), Ok(("test:5000", "test:5000/repo", "", &d256))),
-            (format!("test:5000/repo:tag@{d256}"), Ok(("test:5000", "test:5000/repo", "tag", &d256))),
+            (
+                "test.com/repo:tag".into(),
+                Ok(("test.com", "test.com/repo", "tag", "")),
+            ),
+            (
+                "test:5000/repo".into(),
+                Ok(("test:5000", "test:5000/repo", "", "")),
+            ),
+            (
+                "test:5000/repo:tag".into(),
+                Ok(("test:5000", "test:5000/repo", "tag", "")),
+            ),
+            (
+                format!("test:5000/repo@{d256}"),
+                Ok(("test:5000", "test:5000/repo", "", &d256)),
+            ),
+            (
+                format!("test:5000/repo:tag@{d256}"),
+                Ok(("test:5000", "test:5000/repo", "tag", &d256)),
+            ),
             ("".into(), Err(ReferenceError::Empty)),
             (":justtag".into(), Err(inv())),
             (format!("@{d256}"), Err(inv())),
@@ -407,55 +424,122 @@ mod tests {
             (format!("validname@invaliddigest:{F64}"), Err(bad_digest())),
             ("Uppercase:tag".into(), Err(upper())),
             ("test:5000/Uppercase/lowercase:tag".into(), Err(upper())),
-            ("lowercase:Uppercase".into(), Ok(("", "lowercase", "Uppercase", ""))),
+            (
+                "lowercase:Uppercase".into(),
+                Ok(("", "lowercase", "Uppercase", "")),
+            ),
             (format!("{}a:tag", "a/".repeat(128)), Err(too_long_name())),
             (
                 format!("{}a:tag-puts-this-over-max", "a/".repeat(127)),
                 Ok(("a", &long_ok_name, "tag-puts-this-over-max", "")),
             ),
             ("aa/asdf$$^/aa".into(), Err(inv())),
-            ("sub-dom1.foo.com/bar/baz/quux".into(), Ok(("sub-dom1.foo.com", "sub-dom1.foo.com/bar/baz/quux", "", ""))),
+            (
+                "sub-dom1.foo.com/bar/baz/quux".into(),
+                Ok(("sub-dom1.foo.com", "sub-dom1.foo.com/bar/baz/quux", "", "")),
+            ),
             (
                 "sub-dom1.foo.com/bar/baz/quux:some-long-tag".into(),
-                Ok(("sub-dom1.foo.com", "sub-dom1.foo.com/bar/baz/quux", "some-long-tag", "")),
+                Ok((
+                    "sub-dom1.foo.com",
+                    "sub-dom1.foo.com/bar/baz/quux",
+                    "some-long-tag",
+                    "",
+                )),
             ),
             (
                 "b.gcr.io/test.example.com/my-app:test.example.com".into(),
-                Ok(("b.gcr.io", "b.gcr.io/test.example.com/my-app", "test.example.com", "")),
+                Ok((
+                    "b.gcr.io",
+                    "b.gcr.io/test.example.com/my-app",
+                    "test.example.com",
+                    "",
+                )),
             ),
-            ("xn--n3h.com/myimage:xn--n3h.com".into(), Ok(("xn--n3h.com", "xn--n3h.com/myimage", "xn--n3h.com", ""))),
+            (
+                "xn--n3h.com/myimage:xn--n3h.com".into(),
+                Ok(("xn--n3h.com", "xn--n3h.com/myimage", "xn--n3h.com", "")),
+            ),
             (
                 format!("xn--7o8h.com/myimage:xn--7o8h.com@{d512}"),
-                Ok(("xn--7o8h.com", "xn--7o8h.com/myimage", "xn--7o8h.com", &d512)),
+                Ok((
+                    "xn--7o8h.com",
+                    "xn--7o8h.com/myimage",
+                    "xn--7o8h.com",
+                    &d512,
+                )),
             ),
-            ("foo_bar.com:8080".into(), Ok(("", "foo_bar.com", "8080", ""))),
-            ("foo/foo_bar.com:8080".into(), Ok(("foo", "foo/foo_bar.com", "8080", ""))),
+            (
+                "foo_bar.com:8080".into(),
+                Ok(("", "foo_bar.com", "8080", "")),
+            ),
+            (
+                "foo/foo_bar.com:8080".into(),
+                Ok(("foo", "foo/foo_bar.com", "8080", "")),
+            ),
             ("192.168.1.1".into(), Ok(("", "192.168.1.1", "", ""))),
             ("192.168.1.1:tag".into(), Ok(("", "192.168.1.1", "tag", ""))),
-            ("192.168.1.1:5000".into(), Ok(("", "192.168.1.1", "5000", ""))),
-            ("192.168.1.1/repo".into(), Ok(("192.168.1.1", "192.168.1.1/repo", "", ""))),
-            ("192.168.1.1:5000/repo".into(), Ok(("192.168.1.1:5000", "192.168.1.1:5000/repo", "", ""))),
-            ("192.168.1.1:5000/repo:5050".into(), Ok(("192.168.1.1:5000", "192.168.1.1:5000/repo", "5050", ""))),
+            (
+                "192.168.1.1:5000".into(),
+                Ok(("", "192.168.1.1", "5000", "")),
+            ),
+            (
+                "192.168.1.1/repo".into(),
+                Ok(("192.168.1.1", "192.168.1.1/repo", "", "")),
+            ),
+            (
+                "192.168.1.1:5000/repo".into(),
+                Ok(("192.168.1.1:5000", "192.168.1.1:5000/repo", "", "")),
+            ),
+            (
+                "192.168.1.1:5000/repo:5050".into(),
+                Ok(("192.168.1.1:5000", "192.168.1.1:5000/repo", "5050", "")),
+            ),
             ("[2001:db8::1]".into(), Err(inv())),
             ("[2001:db8::1]:5000".into(), Err(inv())),
             ("[2001:db8::1]:tag".into(), Err(inv())),
-            ("[2001:db8::1]/repo".into(), Ok(("[2001:db8::1]", "[2001:db8::1]/repo", "", ""))),
+            (
+                "[2001:db8::1]/repo".into(),
+                Ok(("[2001:db8::1]", "[2001:db8::1]/repo", "", "")),
+            ),
             (
                 "[2001:db8:1:2:3:4:5:6]/repo:tag".into(),
-                Ok(("[2001:db8:1:2:3:4:5:6]", "[2001:db8:1:2:3:4:5:6]/repo", "tag", "")),
+                Ok((
+                    "[2001:db8:1:2:3:4:5:6]",
+                    "[2001:db8:1:2:3:4:5:6]/repo",
+                    "tag",
+                    "",
+                )),
             ),
-            ("[2001:db8::1]:5000/repo".into(), Ok(("[2001:db8::1]:5000", "[2001:db8::1]:5000/repo", "", ""))),
-            ("[2001:db8::1]:5000/repo:tag".into(), Ok(("[2001:db8::1]:5000", "[2001:db8::1]:5000/repo", "tag", ""))),
+            (
+                "[2001:db8::1]:5000/repo".into(),
+                Ok(("[2001:db8::1]:5000", "[2001:db8::1]:5000/repo", "", "")),
+            ),
+            (
+                "[2001:db8::1]:5000/repo:tag".into(),
+                Ok(("[2001:db8::1]:5000", "[2001:db8::1]:5000/repo", "tag", "")),
+            ),
             (
                 format!("[2001:db8::1]:5000/repo@{d256}"),
                 Ok(("[2001:db8::1]:5000", "[2001:db8::1]:5000/repo", "", &d256)),
             ),
             (
                 format!("[2001:db8::1]:5000/repo:tag@{d256}"),
-                Ok(("[2001:db8::1]:5000", "[2001:db8::1]:5000/repo", "tag", &d256)),
+                Ok((
+                    "[2001:db8::1]:5000",
+                    "[2001:db8::1]:5000/repo",
+                    "tag",
+                    &d256,
+                )),
             ),
-            ("[2001:db8::]:5000/repo".into(), Ok(("[2001:db8::]:5000", "[2001:db8::]:5000/repo", "", ""))),
-            ("[::1]:5000/repo".into(), Ok(("[::1]:5000", "[::1]:5000/repo", "", ""))),
+            (
+                "[2001:db8::]:5000/repo".into(),
+                Ok(("[2001:db8::]:5000", "[2001:db8::]:5000/repo", "", "")),
+            ),
+            (
+                "[::1]:5000/repo".into(),
+                Ok(("[::1]:5000", "[::1]:5000/repo", "", "")),
+            ),
             ("[fe80::1%eth0]:5000/repo".into(), Err(inv())),
             ("[fe80::1%@invalidzone]:5000/repo".into(), Err(inv())),
         ];
@@ -542,11 +626,18 @@ mod tests {
             ),
         ];
         for name in valid {
-            assert!(Reference::parse_normalized(name).is_ok(), "{name:?}: {:?}", Reference::parse_normalized(name));
+            assert!(
+                Reference::parse_normalized(name).is_ok(),
+                "{name:?}: {:?}",
+                Reference::parse_normalized(name)
+            );
         }
         for (name, kind) in &invalid {
             let got = Reference::parse_normalized(name);
-            assert!(matches!(&got, Err(e) if same_kind(e, kind)), "{name:?}: want {kind:?}, got {got:?}");
+            assert!(
+                matches!(&got, Err(e) if same_kind(e, kind)),
+                "{name:?}: want {kind:?}, got {got:?}"
+            );
         }
     }
 
@@ -594,16 +685,76 @@ mod tests {
     fn upstream_parse_repository_info() {
         // (remote, familiar, full, ambiguous, domain)
         let cases = [
-            ("fooo/bar", "fooo/bar", "docker.io/fooo/bar", "index.docker.io/fooo/bar", "docker.io"),
-            ("library/ubuntu", "ubuntu", "docker.io/library/ubuntu", "library/ubuntu", "docker.io"),
-            ("nonlibrary/ubuntu", "nonlibrary/ubuntu", "docker.io/nonlibrary/ubuntu", "", "docker.io"),
-            ("other/library", "other/library", "docker.io/other/library", "", "docker.io"),
-            ("private/moonbase", "127.0.0.1:8000/private/moonbase", "127.0.0.1:8000/private/moonbase", "", "127.0.0.1:8000"),
-            ("privatebase", "127.0.0.1:8000/privatebase", "127.0.0.1:8000/privatebase", "", "127.0.0.1:8000"),
-            ("private/moonbase", "example.com/private/moonbase", "example.com/private/moonbase", "", "example.com"),
-            ("privatebase", "example.com/privatebase", "example.com/privatebase", "", "example.com"),
-            ("private/moonbase", "example.com:8000/private/moonbase", "example.com:8000/private/moonbase", "", "example.com:8000"),
-            ("privatebasee", "example.com:8000/privatebasee", "example.com:8000/privatebasee", "", "example.com:8000"),
+            (
+                "fooo/bar",
+                "fooo/bar",
+                "docker.io/fooo/bar",
+                "index.docker.io/fooo/bar",
+                "docker.io",
+            ),
+            (
+                "library/ubuntu",
+                "ubuntu",
+                "docker.io/library/ubuntu",
+                "library/ubuntu",
+                "docker.io",
+            ),
+            (
+                "nonlibrary/ubuntu",
+                "nonlibrary/ubuntu",
+                "docker.io/nonlibrary/ubuntu",
+                "",
+                "docker.io",
+            ),
+            (
+                "other/library",
+                "other/library",
+                "docker.io/other/library",
+                "",
+                "docker.io",
+            ),
+            (
+                "private/moonbase",
+                "127.0.0.1:8000/private/moonbase",
+                "127.0.0.1:8000/private/moonbase",
+                "",
+                "127.0.0.1:8000",
+            ),
+            (
+                "privatebase",
+                "127.0.0.1:8000/privatebase",
+                "127.0.0.1:8000/privatebase",
+                "",
+                "127.0.0.1:8000",
+            ),
+            (
+                "private/moonbase",
+                "example.com/private/moonbase",
+                "example.com/private/moonbase",
+                "",
+                "example.com",
+            ),
+            (
+                "privatebase",
+                "example.com/privatebase",
+                "example.com/privatebase",
+                "",
+                "example.com",
+            ),
+            (
+                "private/moonbase",
+                "example.com:8000/private/moonbase",
+                "example.com:8000/private/moonbase",
+                "",
+                "example.com:8000",
+            ),
+            (
+                "privatebasee",
+                "example.com:8000/privatebasee",
+                "example.com:8000/privatebasee",
+                "",
+                "example.com:8000",
+            ),
             (
                 "library/ubuntu-12.04-base",
                 "ubuntu-12.04-base",
@@ -611,9 +762,27 @@ mod tests {
                 "index.docker.io/library/ubuntu-12.04-base",
                 "docker.io",
             ),
-            ("library/foo", "foo", "docker.io/library/foo", "docker.io/foo", "docker.io"),
-            ("library/foo/bar", "library/foo/bar", "docker.io/library/foo/bar", "", "docker.io"),
-            ("store/foo/bar", "store/foo/bar", "docker.io/store/foo/bar", "", "docker.io"),
+            (
+                "library/foo",
+                "foo",
+                "docker.io/library/foo",
+                "docker.io/foo",
+                "docker.io",
+            ),
+            (
+                "library/foo/bar",
+                "library/foo/bar",
+                "docker.io/library/foo/bar",
+                "",
+                "docker.io",
+            ),
+            (
+                "store/foo/bar",
+                "store/foo/bar",
+                "docker.io/store/foo/bar",
+                "",
+                "docker.io",
+            ),
             ("bar", "Foo/bar", "Foo/bar", "", "Foo"),
             ("bar", "FOO/bar", "FOO/bar", "", "FOO"),
         ];
@@ -623,7 +792,8 @@ mod tests {
                 inputs.push(ambiguous);
             }
             for input in inputs {
-                let r = Reference::parse_normalized(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+                let r =
+                    Reference::parse_normalized(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
                 assert_eq!(r.familiar_name(), familiar, "familiar of {input:?}");
                 assert_eq!(r.to_string(), full, "full of {input:?}");
                 assert_eq!(r.name(), full, "name of {input:?}");
@@ -655,9 +825,14 @@ mod tests {
         assert!(Reference::parse_normalized("-foo").is_err());
         let r = Reference::parse_normalized("busybox").unwrap();
         assert!(matches!(r.with_tag("-foo"), Err(ReferenceError::BadTag(_))));
-        assert!(matches!(r.try_with_digest("foo"), Err(ReferenceError::BadDigest(_))));
+        assert!(matches!(
+            r.try_with_digest("foo"),
+            Err(ReferenceError::BadDigest(_))
+        ));
         // Extra: well-formed but wrong length / unsupported.
-        assert!(r.try_with_digest(&format!("sha256:{}", &F64[..40])).is_err());
+        assert!(r
+            .try_with_digest(&format!("sha256:{}", &F64[..40]))
+            .is_err());
         assert!(r.try_with_digest(&format!("md5:{}", &F64[..32])).is_err());
         let ok = r.try_with_digest(&format!("sha256:{F64}")).unwrap();
         assert_eq!(ok.digest(), Some(&*format!("sha256:{F64}")));
@@ -705,16 +880,43 @@ mod tests {
         let h = "dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9c";
         for (input, equivalent) in [
             ("redis".to_string(), "docker.io/library/redis".to_string()),
-            ("redis:latest".into(), "docker.io/library/redis:latest".into()),
-            ("docker.io/library/redis:latest".into(), "docker.io/library/redis:latest".into()),
-            (format!("redis@sha256:{h}"), format!("docker.io/library/redis@sha256:{h}")),
-            (format!("docker.io/library/redis@sha256:{h}"), format!("docker.io/library/redis@sha256:{h}")),
+            (
+                "redis:latest".into(),
+                "docker.io/library/redis:latest".into(),
+            ),
+            (
+                "docker.io/library/redis:latest".into(),
+                "docker.io/library/redis:latest".into(),
+            ),
+            (
+                format!("redis@sha256:{h}"),
+                format!("docker.io/library/redis@sha256:{h}"),
+            ),
+            (
+                format!("docker.io/library/redis@sha256:{h}"),
+                format!("docker.io/library/redis@sha256:{h}"),
+            ),
             ("dmcgowan/myapp".into(), "docker.io/dmcgowan/myapp".into()),
-            ("dmcgowan/myapp:latest".into(), "docker.io/dmcgowan/myapp:latest".into()),
-            ("docker.io/mcgowan/myapp:latest".into(), "docker.io/mcgowan/myapp:latest".into()),
-            (format!("dmcgowan/myapp@sha256:{h}"), format!("docker.io/dmcgowan/myapp@sha256:{h}")),
-            (format!("docker.io/dmcgowan/myapp@sha256:{h}"), format!("docker.io/dmcgowan/myapp@sha256:{h}")),
-            (h[..63].to_string(), format!("docker.io/library/{}", &h[..63])),
+            (
+                "dmcgowan/myapp:latest".into(),
+                "docker.io/dmcgowan/myapp:latest".into(),
+            ),
+            (
+                "docker.io/mcgowan/myapp:latest".into(),
+                "docker.io/mcgowan/myapp:latest".into(),
+            ),
+            (
+                format!("dmcgowan/myapp@sha256:{h}"),
+                format!("docker.io/dmcgowan/myapp@sha256:{h}"),
+            ),
+            (
+                format!("docker.io/dmcgowan/myapp@sha256:{h}"),
+                format!("docker.io/dmcgowan/myapp@sha256:{h}"),
+            ),
+            (
+                h[..63].to_string(),
+                format!("docker.io/library/{}", &h[..63]),
+            ),
             ("dbcc1".into(), "docker.io/library/dbcc1".into()),
         ] {
             let r = Reference::parse_normalized(&input).unwrap();
@@ -722,7 +924,10 @@ mod tests {
             assert_eq!(r, Reference::parse(&equivalent).unwrap(), "{input:?}");
         }
         for input in [h.to_string(), format!("sha256:{h}")] {
-            assert_eq!(parse_image_query(&input), Ok(ImageQuery::Id(format!("sha256:{h}"))));
+            assert_eq!(
+                parse_image_query(&input),
+                Ok(ImageQuery::Id(format!("sha256:{h}")))
+            );
         }
     }
 
@@ -738,11 +943,36 @@ mod tests {
             ("foo", "", "tag2", "foo:tag2"),
             ("test.com:8000/foo", "", "tag4", "test.com:8000/foo:tag4"),
             ("test.com:8000/foo", "", "TAG5", "test.com:8000/foo:TAG5"),
-            ("test.com:8000/foo", dg, "TAG5", "test.com:8000/foo:TAG5@sha256:1234567890098765432112345667890098765"),
-            ("test.com/foo", dg, "", "test.com/foo@sha256:1234567890098765432112345667890098765"),
-            ("foo", dg, "", "foo@sha256:1234567890098765432112345667890098765"),
-            ("test.com:8000/foo", dg, "", "test.com:8000/foo@sha256:1234567890098765432112345667890098765"),
-            ("test.com:8000/foo", dg, "latest", "test.com:8000/foo:latest@sha256:1234567890098765432112345667890098765"),
+            (
+                "test.com:8000/foo",
+                dg,
+                "TAG5",
+                "test.com:8000/foo:TAG5@sha256:1234567890098765432112345667890098765",
+            ),
+            (
+                "test.com/foo",
+                dg,
+                "",
+                "test.com/foo@sha256:1234567890098765432112345667890098765",
+            ),
+            (
+                "foo",
+                dg,
+                "",
+                "foo@sha256:1234567890098765432112345667890098765",
+            ),
+            (
+                "test.com:8000/foo",
+                dg,
+                "",
+                "test.com:8000/foo@sha256:1234567890098765432112345667890098765",
+            ),
+            (
+                "test.com:8000/foo",
+                dg,
+                "latest",
+                "test.com:8000/foo:latest@sha256:1234567890098765432112345667890098765",
+            ),
         ];
         for (name, digest, tag, combined) in cases {
             let mut r = Reference::parse(name).unwrap();
@@ -761,14 +991,38 @@ mod tests {
     fn normalized_extra_cases() {
         let d = format!("sha256:{F64}");
         let cases: Vec<(String, Want)> = vec![
-            ("busybox".into(), Ok(("docker.io", "docker.io/library/busybox", "", ""))),
-            ("busybox:1.36".into(), Ok(("docker.io", "docker.io/library/busybox", "1.36", ""))),
-            (format!("busybox@{d}"), Ok(("docker.io", "docker.io/library/busybox", "", &d))),
-            ("index.docker.io/x".into(), Ok(("docker.io", "docker.io/library/x", "", ""))),
-            ("localhost/foo".into(), Ok(("localhost", "localhost/foo", "", ""))),
-            ("localhost:5000/a".into(), Ok(("localhost:5000", "localhost:5000/a", "", ""))),
-            ("localhost".into(), Ok(("docker.io", "docker.io/library/localhost", "", ""))),
-            ("example.com".into(), Ok(("docker.io", "docker.io/library/example.com", "", ""))),
+            (
+                "busybox".into(),
+                Ok(("docker.io", "docker.io/library/busybox", "", "")),
+            ),
+            (
+                "busybox:1.36".into(),
+                Ok(("docker.io", "docker.io/library/busybox", "1.36", "")),
+            ),
+            (
+                format!("busybox@{d}"),
+                Ok(("docker.io", "docker.io/library/busybox", "", &d)),
+            ),
+            (
+                "index.docker.io/x".into(),
+                Ok(("docker.io", "docker.io/library/x", "", "")),
+            ),
+            (
+                "localhost/foo".into(),
+                Ok(("localhost", "localhost/foo", "", "")),
+            ),
+            (
+                "localhost:5000/a".into(),
+                Ok(("localhost:5000", "localhost:5000/a", "", "")),
+            ),
+            (
+                "localhost".into(),
+                Ok(("docker.io", "docker.io/library/localhost", "", "")),
+            ),
+            (
+                "example.com".into(),
+                Ok(("docker.io", "docker.io/library/example.com", "", "")),
+            ),
             ("Foo/bar:v1".into(), Ok(("Foo", "Foo/bar", "v1", ""))),
             ("Uppercase".into(), Err(upper())),
             ("foo/Bar".into(), Err(upper())),
@@ -776,10 +1030,29 @@ mod tests {
             ("busybox@".into(), Err(inv())),
             ("busybox:-x".into(), Err(inv())),
             (format!("busybox:{}", "t".repeat(129)), Err(inv())),
-            (format!("busybox:{}", "t".repeat(128)), Ok(("docker.io", "docker.io/library/busybox", &*"t".repeat(128).leak(), ""))),
-            (format!("busybox@sha256:{}", F64.to_uppercase()), Err(bad_digest())),
+            (
+                format!("busybox:{}", "t".repeat(128)),
+                Ok((
+                    "docker.io",
+                    "docker.io/library/busybox",
+                    &*"t".repeat(128).leak(),
+                    "",
+                )),
+            ),
+            (
+                format!("busybox@sha256:{}", F64.to_uppercase()),
+                Err(bad_digest()),
+            ),
             (format!("busybox@sha512:{F64}"), Err(bad_digest())),
-            (format!("{}:v1", &F64), Ok(("docker.io", &*format!("docker.io/library/{F64}").leak(), "v1", ""))),
+            (
+                format!("{}:v1", &F64),
+                Ok((
+                    "docker.io",
+                    &*format!("docker.io/library/{F64}").leak(),
+                    "v1",
+                    "",
+                )),
+            ),
             (F64.into(), Err(ReferenceError::IdAsName(String::new()))),
             (" busybox".into(), Err(inv())),
             ("busybox ".into(), Err(inv())),
@@ -794,12 +1067,24 @@ mod tests {
     fn limits() {
         let s = "a".repeat(4097);
         assert_eq!(Reference::parse(&s), Err(ReferenceError::TooLong));
-        assert_eq!(Reference::parse_normalized(&s), Err(ReferenceError::TooLong));
+        assert_eq!(
+            Reference::parse_normalized(&s),
+            Err(ReferenceError::TooLong)
+        );
         // 4096 bytes is not "too long" (it fails on the name limit instead).
-        assert!(matches!(Reference::parse(&"a".repeat(4096)), Err(ReferenceError::NameTooLong(_))));
+        assert!(matches!(
+            Reference::parse(&"a".repeat(4096)),
+            Err(ReferenceError::NameTooLong(_))
+        ));
         let name = "a".repeat(256);
-        assert!(matches!(Reference::parse(&name), Err(ReferenceError::NameTooLong(_))));
-        assert!(matches!(Reference::parse_normalized(&name), Err(ReferenceError::NameTooLong(_))));
+        assert!(matches!(
+            Reference::parse(&name),
+            Err(ReferenceError::NameTooLong(_))
+        ));
+        assert!(matches!(
+            Reference::parse_normalized(&name),
+            Err(ReferenceError::NameTooLong(_))
+        ));
         assert!(Reference::parse(&"a".repeat(255)).is_ok());
         // Normalised name counts: docker.io/library/ + 237 = 255.
         assert!(Reference::parse_normalized(&"a".repeat(237)).is_ok());
@@ -872,7 +1157,11 @@ mod tests {
             proptest::option::of("[a-f0-9]{64}"),
         )
             .prop_map(|(domain, path, tag, digest)| {
-                let mut s = if domain.is_empty() { path } else { format!("{domain}/{path}") };
+                let mut s = if domain.is_empty() {
+                    path
+                } else {
+                    format!("{domain}/{path}")
+                };
                 if let Some(t) = tag {
                     s = format!("{s}:{t}");
                 }

@@ -91,7 +91,10 @@ mod tests {
 
     #[test]
     fn full_ids() {
-        assert_eq!(parse_image_query(H), Ok(ImageQuery::Id(format!("sha256:{H}"))));
+        assert_eq!(
+            parse_image_query(H),
+            Ok(ImageQuery::Id(format!("sha256:{H}")))
+        );
         assert_eq!(
             parse_image_query(&format!("sha256:{H}")),
             Ok(ImageQuery::Id(format!("sha256:{H}")))
@@ -111,7 +114,10 @@ mod tests {
             parse_image_query(&format!("sha256:{}", &H[..63])),
             Ok(ImageQuery::ShortId(H[..63].to_string()))
         );
-        assert_eq!(parse_image_query("deadbeef"), Ok(name("deadbeef", Some("deadbeef"))));
+        assert_eq!(
+            parse_image_query("deadbeef"),
+            Ok(name("deadbeef", Some("deadbeef")))
+        );
         // 63 hex chars: a name (upstream ParseAnyReference vector) and an ID prefix.
         assert_eq!(
             parse_image_query(&H[..63]),
@@ -127,7 +133,10 @@ mod tests {
     fn names() {
         let q = parse_image_query("busybox").unwrap();
         match q {
-            ImageQuery::Name { reference, short_id } => {
+            ImageQuery::Name {
+                reference,
+                short_id,
+            } => {
                 assert_eq!(reference.to_string(), "docker.io/library/busybox:latest");
                 assert_eq!(short_id, None);
             }
@@ -162,8 +171,14 @@ mod tests {
             parse_image_query(&H.to_uppercase()),
             Err(ReferenceError::NameNotCanonical(_))
         ));
-        assert!(matches!(parse_image_query("foo bar"), Err(ReferenceError::Invalid(_))));
-        assert_eq!(parse_image_query(&"a".repeat(4097)), Err(ReferenceError::TooLong));
+        assert!(matches!(
+            parse_image_query("foo bar"),
+            Err(ReferenceError::Invalid(_))
+        ));
+        assert_eq!(
+            parse_image_query(&"a".repeat(4097)),
+            Err(ReferenceError::TooLong)
+        );
         assert!(matches!(
             parse_image_query(&format!("busybox@sha256:{}", &H[..40])),
             Err(ReferenceError::BadDigest(_))

@@ -85,8 +85,7 @@ pub(crate) static ANCHORED_TAG: Lazy<Regex> = Lazy::new(|| compile(&format!("^{T
 
 /// Anchored reference-grammar digest (the loose shape; algorithm support and
 /// length are checked separately, as go-digest does).
-pub(crate) static ANCHORED_DIGEST: Lazy<Regex> =
-    Lazy::new(|| compile(&format!("^{DIGEST_PAT}$")));
+pub(crate) static ANCHORED_DIGEST: Lazy<Regex> = Lazy::new(|| compile(&format!("^{DIGEST_PAT}$")));
 
 /// Anchored 64-hex identifier (an image ID without its `sha256:` prefix).
 pub(crate) static ANCHORED_IDENTIFIER: Lazy<Regex> =
@@ -159,7 +158,10 @@ mod tests {
             ("simple/name", Some(("simple", "name"))),
             ("library/ubuntu", Some(("library", "ubuntu"))),
             ("docker/stevvooe/app", Some(("docker", "stevvooe/app"))),
-            ("aa/aa/aa/aa/aa/aa/aa/aa/aa/bb/bb/bb/bb/bb/bb", Some(("aa", "aa/aa/aa/aa/aa/aa/aa/aa/bb/bb/bb/bb/bb/bb"))),
+            (
+                "aa/aa/aa/aa/aa/aa/aa/aa/aa/bb/bb/bb/bb/bb/bb",
+                Some(("aa", "aa/aa/aa/aa/aa/aa/aa/aa/bb/bb/bb/bb/bb/bb")),
+            ),
             ("aa/aa/bb/bb/bb", Some(("aa", "aa/bb/bb/bb"))),
             ("a/a/a/a", Some(("a", "a/a/a"))),
             ("a/a/a/a/", None),
@@ -174,7 +176,10 @@ mod tests {
             ("foo.com/bar", Some(("foo.com", "bar"))),
             ("foo.com/bar/baz", Some(("foo.com", "bar/baz"))),
             ("localhost:8080/bar", Some(("localhost:8080", "bar"))),
-            ("sub-dom1.foo.com/bar/baz/quux", Some(("sub-dom1.foo.com", "bar/baz/quux"))),
+            (
+                "sub-dom1.foo.com/bar/baz/quux",
+                Some(("sub-dom1.foo.com", "bar/baz/quux")),
+            ),
             ("blog.foo.com/bar/baz", Some(("blog.foo.com", "bar/baz"))),
             ("a^a", None),
             ("aa/asdf$$^/aa", None),
@@ -194,11 +199,20 @@ mod tests {
             ("____/____", None),
             ("_docker/_docker", None),
             ("docker_/docker_", None),
-            ("b.gcr.io/test.example.com/my-app", Some(("b.gcr.io", "test.example.com/my-app"))),
+            (
+                "b.gcr.io/test.example.com/my-app",
+                Some(("b.gcr.io", "test.example.com/my-app")),
+            ),
             ("xn--n3h.com/myimage", Some(("xn--n3h.com", "myimage"))),
             ("xn--7o8h.com/myimage", Some(("xn--7o8h.com", "myimage"))),
-            ("example.com/xn--7o8h.com/myimage", Some(("example.com", "xn--7o8h.com/myimage"))),
-            ("example.com/some_separator__underscore/myimage", Some(("example.com", "some_separator__underscore/myimage"))),
+            (
+                "example.com/xn--7o8h.com/myimage",
+                Some(("example.com", "xn--7o8h.com/myimage")),
+            ),
+            (
+                "example.com/some_separator__underscore/myimage",
+                Some(("example.com", "some_separator__underscore/myimage")),
+            ),
             ("example.com/__underscore/myimage", None),
             ("example.com/..dots/myimage", None),
             ("example.com/.dots/myimage", None),
@@ -210,8 +224,17 @@ mod tests {
             ("do..cker/docker", None),
             ("do__cker:8080/docker", None),
             ("do__cker/docker", Some(("", "do__cker/docker"))),
-            ("b.gcr.io/test.example.com/my-app", Some(("b.gcr.io", "test.example.com/my-app"))),
-            ("registry.io/foo/project--id.module--name.ver---sion--name", Some(("registry.io", "foo/project--id.module--name.ver---sion--name"))),
+            (
+                "b.gcr.io/test.example.com/my-app",
+                Some(("b.gcr.io", "test.example.com/my-app")),
+            ),
+            (
+                "registry.io/foo/project--id.module--name.ver---sion--name",
+                Some((
+                    "registry.io",
+                    "foo/project--id.module--name.ver---sion--name",
+                )),
+            ),
             ("Asdf.com/foo/bar", Some(("Asdf.com", "foo/bar"))),
             ("Foo/FarB", None),
             ("foo.com/a-/a/a", None),
@@ -273,14 +296,33 @@ mod tests {
     #[test]
     fn identifier_regexp_vectors() {
         let cases = [
-            ("da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf9821", true),
-            ("7EC43B381E5AEFE6E04EFB0B3F0693FF2A4A50652D64AEC573905F2DB5889A1C", false),
-            ("da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf", false),
-            ("sha256:da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf9821", false),
-            ("da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf98218482", false),
+            (
+                "da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf9821",
+                true,
+            ),
+            (
+                "7EC43B381E5AEFE6E04EFB0B3F0693FF2A4A50652D64AEC573905F2DB5889A1C",
+                false,
+            ),
+            (
+                "da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf",
+                false,
+            ),
+            (
+                "sha256:da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf9821",
+                false,
+            ),
+            (
+                "da304e823d8ca2b9d863a3c897baeb852ba21ea9a9f1414736394ae7fcaf98218482",
+                false,
+            ),
         ];
         for (input, ok) in cases {
-            assert_eq!(ANCHORED_IDENTIFIER.is_match(input), ok, "identifier {input:?}");
+            assert_eq!(
+                ANCHORED_IDENTIFIER.is_match(input),
+                ok,
+                "identifier {input:?}"
+            );
         }
     }
 

@@ -77,12 +77,20 @@ impl PullAuth {
             let raw = self.auth.trim();
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(raw)
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw.trim_end_matches('=')))
-                .map_err(|_| RegistryError::BadCredentials("invalid auth: not valid base64".to_string()))?;
-            let text = String::from_utf8(decoded)
-                .map_err(|_| RegistryError::BadCredentials("invalid auth: not valid UTF-8".to_string()))?;
+                .or_else(|_| {
+                    base64::engine::general_purpose::STANDARD_NO_PAD
+                        .decode(raw.trim_end_matches('='))
+                })
+                .map_err(|_| {
+                    RegistryError::BadCredentials("invalid auth: not valid base64".to_string())
+                })?;
+            let text = String::from_utf8(decoded).map_err(|_| {
+                RegistryError::BadCredentials("invalid auth: not valid UTF-8".to_string())
+            })?;
             let (user, pass) = text.split_once(':').ok_or_else(|| {
-                RegistryError::BadCredentials("invalid auth: expected base64 of \"username:password\"".to_string())
+                RegistryError::BadCredentials(
+                    "invalid auth: expected base64 of \"username:password\"".to_string(),
+                )
             })?;
             if out.username.is_empty() {
                 out.username = user.to_string();
@@ -98,7 +106,8 @@ impl PullAuth {
     }
 
     pub(crate) fn basic_header(&self) -> String {
-        let enc = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.username, self.password));
+        let enc = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.username, self.password));
         format!("Basic {enc}")
     }
 }
@@ -114,14 +123,21 @@ pub(crate) fn canonical_host(s: &str) -> String {
     let host = rest.split('/').next().unwrap_or("");
     let host = host.rsplit('@').next().unwrap_or(host).to_ascii_lowercase();
     match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_string(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
         _ => host,
     }
 }
 
 /// Whether credentials for `domain` may be sent to the endpoint `ep_host`.
 /// `is_upstream`: the endpoint is the domain's `server` (last host entry).
-pub(crate) fn creds_allowed(auth: &PullAuth, domain: &str, ep_host: &str, is_upstream: bool) -> bool {
+pub(crate) fn creds_allowed(
+    auth: &PullAuth,
+    domain: &str,
+    ep_host: &str,
+    is_upstream: bool,
+) -> bool {
     let d = canonical_host(domain);
     let e = canonical_host(ep_host);
     let for_registry = is_upstream || e == d;
@@ -199,7 +215,10 @@ pub(crate) fn parse_www_authenticate(header: &str) -> Vec<Challenge> {
             i += 1; // stray '='
         } else {
             // new challenge scheme; a token68 (e.g. "abc==") after it is skipped
-            out.push(Challenge { scheme: tok.to_ascii_lowercase(), params: HashMap::new() });
+            out.push(Challenge {
+                scheme: tok.to_ascii_lowercase(),
+                params: HashMap::new(),
+            });
             i = j;
             // token68: token followed by '=' padding then comma/end
             let ts = i;
@@ -237,7 +256,9 @@ mod tests {
         assert_eq!(c[0].params["service"], "registry.docker.io");
         assert_eq!(c[0].params["scope"], "repository:samalba/my-app:pull,push");
 
-        let c = parse_www_authenticate(r#"Basic realm="test, with comma", Bearer realm=https://x/t , error="invalid_token""#);
+        let c = parse_www_authenticate(
+            r#"Basic realm="test, with comma", Bearer realm=https://x/t , error="invalid_token""#,
+        );
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].scheme, "basic");
         assert_eq!(c[0].params["realm"], "test, with comma");
@@ -260,25 +281,46 @@ mod tests {
 
     #[test]
     fn normalization() {
-        let a = PullAuth { auth: "dXNlcjpwYXNzOndvcmQ=".into(), ..Default::default() };
+        let a = PullAuth {
+            auth: "dXNlcjpwYXNzOndvcmQ=".into(),
+            ..Default::default()
+        };
         let n = a.normalized().unwrap();
         assert_eq!(n.username, "user");
         assert_eq!(n.password, "pass:word");
         assert!(n.auth.is_empty());
         // explicit username wins
-        let a = PullAuth { username: "u".into(), password: "p".into(), auth: "dXNlcjpwYXNz".into(), ..Default::default() };
+        let a = PullAuth {
+            username: "u".into(),
+            password: "p".into(),
+            auth: "dXNlcjpwYXNz".into(),
+            ..Default::default()
+        };
         let n = a.normalized().unwrap();
         assert_eq!((n.username.as_str(), n.password.as_str()), ("u", "p"));
-        for bad in ["!!!notbase64", "dXNlcnBhc3M=" /* userpass */, "/w==" /* 0xff */] {
-            let a = PullAuth { auth: bad.into(), ..Default::default() };
-            assert!(matches!(a.normalized(), Err(RegistryError::BadCredentials(_))), "{bad}");
+        for bad in [
+            "!!!notbase64",
+            "dXNlcnBhc3M=", /* userpass */
+            "/w==",         /* 0xff */
+        ] {
+            let a = PullAuth {
+                auth: bad.into(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(a.normalized(), Err(RegistryError::BadCredentials(_))),
+                "{bad}"
+            );
         }
         assert!(PullAuth::default().is_empty());
         assert!(!a_with_user().is_empty());
     }
 
     fn a_with_user() -> PullAuth {
-        PullAuth { username: "u".into(), ..Default::default() }
+        PullAuth {
+            username: "u".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -292,7 +334,12 @@ mod tests {
             server_address: "https://r.example".into(),
         };
         let d = format!("{a:?}");
-        for s in ["s3cret-pw", "YWxpY2U6czNjcmV0LXB3", "idtok-xyz", "regtok-abc"] {
+        for s in [
+            "s3cret-pw",
+            "YWxpY2U6czNjcmV0LXB3",
+            "idtok-xyz",
+            "regtok-abc",
+        ] {
             assert!(!d.contains(s), "{d}");
         }
         assert!(d.contains("alice") && d.contains("<redacted>"));
@@ -302,25 +349,88 @@ mod tests {
         assert_ne!(f, PullAuth::default().fingerprint());
         assert!(!f.contains("s3cret"));
         // field boundaries matter
-        let x = PullAuth { username: "ab".into(), password: "c".into(), ..Default::default() };
-        let y = PullAuth { username: "a".into(), password: "bc".into(), ..Default::default() };
+        let x = PullAuth {
+            username: "ab".into(),
+            password: "c".into(),
+            ..Default::default()
+        };
+        let y = PullAuth {
+            username: "a".into(),
+            password: "bc".into(),
+            ..Default::default()
+        };
         assert_ne!(x.fingerprint(), y.fingerprint());
     }
 
     #[test]
     fn server_address_matching() {
-        let none = PullAuth { username: "u".into(), ..Default::default() };
-        assert!(creds_allowed(&none, "docker.io", "registry-1.docker.io", true));
-        assert!(creds_allowed(&none, "r.example:5000", "r.example:5000", false));
+        let none = PullAuth {
+            username: "u".into(),
+            ..Default::default()
+        };
+        assert!(creds_allowed(
+            &none,
+            "docker.io",
+            "registry-1.docker.io",
+            true
+        ));
+        assert!(creds_allowed(
+            &none,
+            "r.example:5000",
+            "r.example:5000",
+            false
+        ));
         assert!(!creds_allowed(&none, "docker.io", "mirror.local", false));
-        let sa = |s: &str| PullAuth { username: "u".into(), server_address: s.into(), ..Default::default() };
-        assert!(creds_allowed(&sa("r.example:5000"), "r.example:5000", "r.example:5000", true));
-        assert!(creds_allowed(&sa("https://r.example:5000"), "r.example:5000", "r.example:5000", true));
-        assert!(creds_allowed(&sa("https://index.docker.io/v1/"), "docker.io", "registry-1.docker.io", true));
-        assert!(!creds_allowed(&sa("other.example"), "r.example", "r.example", true));
-        assert!(!creds_allowed(&sa("r.example"), "r.example", "mirror.local", false));
-        assert!(creds_allowed(&sa("mirror.local"), "r.example", "mirror.local", false));
-        assert!(!creds_allowed(&sa("r.example:5000"), "r.example", "r.example", true));
-        assert_eq!(canonical_host("HTTPS://Foo.Example:443/v2/"), "foo.example:443");
+        let sa = |s: &str| PullAuth {
+            username: "u".into(),
+            server_address: s.into(),
+            ..Default::default()
+        };
+        assert!(creds_allowed(
+            &sa("r.example:5000"),
+            "r.example:5000",
+            "r.example:5000",
+            true
+        ));
+        assert!(creds_allowed(
+            &sa("https://r.example:5000"),
+            "r.example:5000",
+            "r.example:5000",
+            true
+        ));
+        assert!(creds_allowed(
+            &sa("https://index.docker.io/v1/"),
+            "docker.io",
+            "registry-1.docker.io",
+            true
+        ));
+        assert!(!creds_allowed(
+            &sa("other.example"),
+            "r.example",
+            "r.example",
+            true
+        ));
+        assert!(!creds_allowed(
+            &sa("r.example"),
+            "r.example",
+            "mirror.local",
+            false
+        ));
+        assert!(creds_allowed(
+            &sa("mirror.local"),
+            "r.example",
+            "mirror.local",
+            false
+        ));
+        assert!(!creds_allowed(
+            &sa("r.example:5000"),
+            "r.example",
+            "r.example",
+            true
+        ));
+        assert_eq!(
+            canonical_host("HTTPS://Foo.Example:443/v2/"),
+            "foo.example:443"
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
@@ -84,7 +86,11 @@ struct Req<'a> {
 }
 
 fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
-    (u.scheme().to_string(), u.host_str().map(|h| h.to_ascii_lowercase()), u.port_or_known_default())
+    (
+        u.scheme().to_string(),
+        u.host_str().map(|h| h.to_ascii_lowercase()),
+        u.port_or_known_default(),
+    )
 }
 
 /// Full error chain as one string (reqwest's Display hides the cause).
@@ -104,7 +110,10 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn is_cert_error(e: &reqwest::Error) -> bool {
     let s = error_chain(e).to_ascii_lowercase();
-    s.contains("certificate") || s.contains("unknownissuer") || s.contains("notvalidforname") || s.contains("received fatal alert")
+    s.contains("certificate")
+        || s.contains("unknownissuer")
+        || s.contains("notvalidforname")
+        || s.contains("received fatal alert")
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -144,7 +153,11 @@ impl Transport {
 
     /// One cached reqwest client per distinct TLS setting.
     pub(crate) fn client_for(&self, ep: &HostEndpoint) -> Result<reqwest::Client, RegistryError> {
-        let key = TlsKey { skip_verify: ep.skip_verify, ca: ep.ca.clone(), client: ep.client.first().cloned() };
+        let key = TlsKey {
+            skip_verify: ep.skip_verify,
+            ca: ep.ca.clone(),
+            client: ep.client.first().cloned(),
+        };
         if let Some(c) = self.clients.lock().unwrap().get(&key) {
             return Ok(c.clone());
         }
@@ -158,13 +171,23 @@ impl Transport {
             b = b.danger_accept_invalid_certs(true);
         }
         for ca in &key.ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| RegistryError::Tls(format!("reading CA file {} (hosts.toml `ca`): {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                RegistryError::Tls(format!(
+                    "reading CA file {} (hosts.toml `ca`): {e}",
+                    ca.display()
+                ))
+            })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                RegistryError::Tls(format!("parsing CA file {} (hosts.toml `ca`): {e}", ca.display()))
+                RegistryError::Tls(format!(
+                    "parsing CA file {} (hosts.toml `ca`): {e}",
+                    ca.display()
+                ))
             })?;
             if certs.is_empty() {
-                return Err(RegistryError::Tls(format!("CA file {} contains no PEM certificates", ca.display())));
+                return Err(RegistryError::Tls(format!(
+                    "CA file {} contains no PEM certificates",
+                    ca.display()
+                )));
             }
             for c in certs {
                 b = b.add_root_certificate(c);
@@ -172,23 +195,32 @@ impl Transport {
         }
         if let Some((cert, key_path)) = &key.client {
             let mut pem = std::fs::read(cert).map_err(|e| {
-                RegistryError::Tls(format!("reading client certificate {} (hosts.toml `client`): {e}", cert.display()))
+                RegistryError::Tls(format!(
+                    "reading client certificate {} (hosts.toml `client`): {e}",
+                    cert.display()
+                ))
             })?;
             if let Some(k) = key_path {
                 let kb = std::fs::read(k).map_err(|e| {
-                    RegistryError::Tls(format!("reading client key {} (hosts.toml `client`): {e}", k.display()))
+                    RegistryError::Tls(format!(
+                        "reading client key {} (hosts.toml `client`): {e}",
+                        k.display()
+                    ))
                 })?;
                 pem.push(b'\n');
                 pem.extend_from_slice(&kb);
             }
             let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                RegistryError::Tls(format!("loading client certificate {} (hosts.toml `client`): {e}", cert.display()))
+                RegistryError::Tls(format!(
+                    "loading client certificate {} (hosts.toml `client`): {e}",
+                    cert.display()
+                ))
             })?;
             b = b.identity(id);
         }
-        let client = b
-            .build()
-            .map_err(|e| RegistryError::Tls(format!("building HTTP client: {}", error_chain(&e))))?;
+        let client = b.build().map_err(|e| {
+            RegistryError::Tls(format!("building HTTP client: {}", error_chain(&e)))
+        })?;
         self.clients.lock().unwrap().insert(key, client.clone());
         Ok(client)
     }
@@ -196,12 +228,18 @@ impl Transport {
     /// Send one request, following redirects manually. Authorization and
     /// origin-only headers are dropped once the request leaves the original
     /// origin, and Authorization is never sent over plain http unless allowed.
-    async fn send_follow(&self, client: &reqwest::Client, req: &Req<'_>) -> Result<reqwest::Response, SendError> {
+    async fn send_follow(
+        &self,
+        client: &reqwest::Client,
+        req: &Req<'_>,
+    ) -> Result<reqwest::Response, SendError> {
         let first = origin(&req.url);
         let mut url = req.url.clone();
         let mut on_origin = true;
         for hop in 0..=MAX_REDIRECTS {
-            let mut rb = client.request(req.method.clone(), url.clone()).headers(req.common.clone());
+            let mut rb = client
+                .request(req.method.clone(), url.clone())
+                .headers(req.common.clone());
             if on_origin {
                 rb = rb.headers(req.origin_only.clone());
                 if let Some(a) = &req.authz {
@@ -221,10 +259,16 @@ impl Transport {
                         break;
                     }
                     let loc = loc.to_str().map_err(|_| {
-                        SendError::Fatal(RegistryError::Protocol(format!("invalid redirect Location from {}", url.host_str().unwrap_or(""))))
+                        SendError::Fatal(RegistryError::Protocol(format!(
+                            "invalid redirect Location from {}",
+                            url.host_str().unwrap_or("")
+                        )))
                     })?;
                     let next = url.join(loc).map_err(|e| {
-                        SendError::Fatal(RegistryError::Protocol(format!("invalid redirect Location from {}: {e}", url.host_str().unwrap_or(""))))
+                        SendError::Fatal(RegistryError::Protocol(format!(
+                            "invalid redirect Location from {}: {e}",
+                            url.host_str().unwrap_or("")
+                        )))
                     })?;
                     if next.scheme() != "http" && next.scheme() != "https" {
                         return Err(SendError::Fatal(RegistryError::Protocol(format!(
@@ -249,7 +293,12 @@ impl Transport {
     }
 
     /// `send_follow` with retries on 429/5xx and connection errors.
-    async fn send_retry(&self, client: &reqwest::Client, req: &Req<'_>, what: &str) -> Result<reqwest::Response, RegistryError> {
+    async fn send_retry(
+        &self,
+        client: &reqwest::Client,
+        req: &Req<'_>,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
         let host = req.url.host_str().unwrap_or("").to_string();
         let hostport = match req.url.port() {
             Some(p) => format!("{host}:{p}"),
@@ -288,7 +337,9 @@ impl Transport {
                 tokio::time::sleep(delay).await;
             }
         }
-        Err(RegistryError::Unavailable(format!("{hostport}: {last} (after {MAX_ATTEMPTS} attempts)")))
+        Err(RegistryError::Unavailable(format!(
+            "{hostport}: {last} (after {MAX_ATTEMPTS} attempts)"
+        )))
     }
 
     fn unauthorized(t: &Target<'_>) -> RegistryError {
@@ -313,10 +364,9 @@ impl Transport {
         ch: &Challenge,
         scope: &str,
     ) -> Result<(String, TokenKey), RegistryError> {
-        let realm = ch
-            .params
-            .get("realm")
-            .ok_or_else(|| RegistryError::Protocol(format!("{}: bearer challenge without realm", t.ep_host)))?;
+        let realm = ch.params.get("realm").ok_or_else(|| {
+            RegistryError::Protocol(format!("{}: bearer challenge without realm", t.ep_host))
+        })?;
         let service = ch.params.get("service").cloned().unwrap_or_default();
         let key = TokenKey {
             host: t.ep_host.clone(),
@@ -335,18 +385,28 @@ impl Transport {
             }
             toks.retain(|_, (_, exp)| *exp > now);
         }
-        let mut url = Url::parse(realm)
-            .map_err(|e| RegistryError::Protocol(format!("{}: invalid token realm: {e}", t.ep_host)))?;
+        let mut url = Url::parse(realm).map_err(|e| {
+            RegistryError::Protocol(format!("{}: invalid token realm: {e}", t.ep_host))
+        })?;
         if url.scheme() != "https" && url.scheme() != "http" {
-            return Err(RegistryError::Protocol(format!("{}: unsupported token realm scheme", t.ep_host)));
+            return Err(RegistryError::Protocol(format!(
+                "{}: unsupported token realm scheme",
+                t.ep_host
+            )));
         }
         // Credentials go to an http realm only when the endpoint itself was
         // explicitly configured as plain http.
         let allow_http_auth = t.ep.is_plain_http();
-        let creds = t.creds.as_ref().filter(|_| url.scheme() == "https" || allow_http_auth);
+        let creds = t
+            .creds
+            .as_ref()
+            .filter(|_| url.scheme() == "https" || allow_http_auth);
         let empty = HeaderMap::new();
         let mut common = HeaderMap::new();
-        common.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json"));
+        common.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
         let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
         let req = match creds {
             Some(c) if !c.identity_token.is_empty() => {
@@ -357,7 +417,15 @@ impl Transport {
                     ("client_id".to_string(), "cri-imaged".to_string()),
                 ];
                 form.push(("scope".to_string(), scopes.join(" ")));
-                Req { method: Method::POST, url, form: Some(form), common: &common, origin_only: &empty, authz: None, allow_http_auth }
+                Req {
+                    method: Method::POST,
+                    url,
+                    form: Some(form),
+                    common: &common,
+                    origin_only: &empty,
+                    authz: None,
+                    allow_http_auth,
+                }
             }
             _ => {
                 {
@@ -370,36 +438,66 @@ impl Transport {
                     }
                 }
                 let authz = creds.filter(|c| c.has_basic()).map(|c| c.basic_header());
-                Req { method: Method::GET, url, form: None, common: &common, origin_only: &empty, authz, allow_http_auth }
+                Req {
+                    method: Method::GET,
+                    url,
+                    form: None,
+                    common: &common,
+                    origin_only: &empty,
+                    authz,
+                    allow_http_auth,
+                }
             }
         };
         let realm_host = req.url.host_str().unwrap_or("").to_string();
         tracing::debug!(host = %t.ep_host, realm = %realm_host, scope = %scope, "requesting registry token");
-        let resp = self.send_retry(client, &req, "token request").await.map_err(|e| match e {
-            RegistryError::Unavailable(m) => RegistryError::Unavailable(format!("token server {m}")),
-            other => other,
-        })?;
+        let resp = self
+            .send_retry(client, &req, "token request")
+            .await
+            .map_err(|e| match e {
+                RegistryError::Unavailable(m) => {
+                    RegistryError::Unavailable(format!("token server {m}"))
+                }
+                other => other,
+            })?;
         let st = resp.status();
-        if st == StatusCode::UNAUTHORIZED || st == StatusCode::FORBIDDEN || st == StatusCode::BAD_REQUEST && creds.is_some() {
+        if st == StatusCode::UNAUTHORIZED
+            || st == StatusCode::FORBIDDEN
+            || st == StatusCode::BAD_REQUEST && creds.is_some()
+        {
             return Err(Self::unauthorized(t));
         }
         if !st.is_success() {
-            return Err(RegistryError::Protocol(format!("token server {realm_host} returned {st}")));
+            return Err(RegistryError::Protocol(format!(
+                "token server {realm_host} returned {st}"
+            )));
         }
         let body = read_limited(resp, 1 << 20)
             .await
             .map_err(|e| RegistryError::Protocol(format!("token server {realm_host}: {e}")))?;
-        let tr: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| RegistryError::Protocol(format!("token server {realm_host}: invalid JSON response: {e}")))?;
-        let tok = if !tr.token.is_empty() { tr.token } else { tr.access_token };
+        let tr: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::Protocol(format!(
+                "token server {realm_host}: invalid JSON response: {e}"
+            ))
+        })?;
+        let tok = if !tr.token.is_empty() {
+            tr.token
+        } else {
+            tr.access_token
+        };
         if tok.is_empty() {
-            return Err(RegistryError::Protocol(format!("token server {realm_host}: response has no token")));
+            return Err(RegistryError::Protocol(format!(
+                "token server {realm_host}: response has no token"
+            )));
         }
-        let ttl = tr.expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_TOKEN_TTL);
-        self.tokens
-            .lock()
-            .unwrap()
-            .insert(key.clone(), (tok.clone(), Instant::now() + Duration::from_secs(ttl)));
+        let ttl = tr
+            .expires_in
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_TOKEN_TTL);
+        self.tokens.lock().unwrap().insert(
+            key.clone(),
+            (tok.clone(), Instant::now() + Duration::from_secs(ttl)),
+        );
         Ok((tok, key))
     }
 
@@ -415,15 +513,24 @@ impl Transport {
                 return Ok((Some(format!("Bearer {}", c.registry_token)), None));
             }
         }
-        let ch = self.challenges.lock().unwrap().get(&(t.ep_host.clone(), t.cred_id())).cloned();
+        let ch = self
+            .challenges
+            .lock()
+            .unwrap()
+            .get(&(t.ep_host.clone(), t.cred_id()))
+            .cloned();
         match ch {
             Some(ch) if ch.scheme == "bearer" => {
                 let (tok, key) = self.token(client, t, &ch, scope).await?;
                 Ok((Some(format!("Bearer {tok}")), Some(key)))
             }
-            Some(ch) if ch.scheme == "basic" => {
-                Ok((t.creds.as_ref().filter(|c| c.has_basic()).map(|c| c.basic_header()), None))
-            }
+            Some(ch) if ch.scheme == "basic" => Ok((
+                t.creds
+                    .as_ref()
+                    .filter(|c| c.has_basic())
+                    .map(|c| c.basic_header()),
+                None,
+            )),
             _ => Ok((None, None)),
         }
     }
@@ -431,11 +538,19 @@ impl Transport {
     /// Authenticated GET against one endpoint (retries, redirects, auth).
     /// Returns the final response for any status except 401 (→ Unauthorized)
     /// and retryable statuses that persisted (→ Unavailable).
-    pub(crate) async fn get(&self, t: &Target<'_>, url: Url, common: HeaderMap) -> Result<reqwest::Response, RegistryError> {
+    pub(crate) async fn get(
+        &self,
+        t: &Target<'_>,
+        url: Url,
+        common: HeaderMap,
+    ) -> Result<reqwest::Response, RegistryError> {
         let client = self.client_for(t.ep)?;
         let mut origin_only = HeaderMap::new();
         for (k, v) in &t.ep.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 origin_only.append(k, v);
             }
         }
@@ -461,7 +576,13 @@ impl Transport {
                 if let Some(k) = token_key.filter(|k| k.scope != scope) {
                     let mut toks = self.tokens.lock().unwrap();
                     if let Some(v) = toks.get(&k).cloned() {
-                        toks.insert(TokenKey { scope: scope.clone(), ..k }, v);
+                        toks.insert(
+                            TokenKey {
+                                scope: scope.clone(),
+                                ..k
+                            },
+                            v,
+                        );
                     }
                 }
                 return Ok(resp);
@@ -495,7 +616,12 @@ impl Transport {
             }
             if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
                 self.challenges.lock().unwrap().insert(cache_key, b.clone());
-                let sc = b.params.get("scope").filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| scope.clone());
+                let sc = b
+                    .params
+                    .get("scope")
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| scope.clone());
                 let (tok, key) = self.token(&client, t, b, &sc).await?;
                 authz = Some(format!("Bearer {tok}"));
                 token_key = Some(key);
@@ -517,14 +643,23 @@ impl Transport {
 }
 
 /// Read a whole response body, refusing more than `limit` bytes.
-pub(crate) async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<bytes::Bytes, String> {
+pub(crate) async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, String> {
     if let Some(len) = resp.content_length() {
         if len > limit as u64 {
-            return Err(format!("response of {len} bytes exceeds the {limit} byte limit"));
+            return Err(format!(
+                "response of {len} bytes exceeds the {limit} byte limit"
+            ));
         }
     }
     let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading response: {}", error_chain(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading response: {}", error_chain(&e)))?
+    {
         if buf.len() + chunk.len() > limit {
             return Err(format!("response exceeds the {limit} byte limit"));
         }

@@ -111,7 +111,10 @@ fn validate_domain(domain: &str) -> Result<(), RegistryError> {
 
 /// Load the host list for `domain` from `<config_path>/<domain>/hosts.toml`,
 /// falling back to `<config_path>/_default/hosts.toml`, else defaults.
-pub(crate) fn load_hosts(config_path: &Path, domain: &str) -> Result<Vec<HostEndpoint>, RegistryError> {
+pub(crate) fn load_hosts(
+    config_path: &Path,
+    domain: &str,
+) -> Result<Vec<HostEndpoint>, RegistryError> {
     validate_domain(domain)?;
     for dir in [config_path.join(domain), config_path.join("_default")] {
         let file = dir.join("hosts.toml");
@@ -151,7 +154,8 @@ pub(crate) fn parse_hosts_toml(
     domain: &str,
 ) -> Result<Vec<HostEndpoint>, RegistryError> {
     let perr = |msg: String| RegistryError::Protocol(format!("invalid {}: {msg}", file.display()));
-    let raw: RawFile = toml::from_str(text).map_err(|e| perr(e.to_string().trim_end().to_string()))?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| perr(e.to_string().trim_end().to_string()))?;
 
     // Order the [host."..."] tables as they appear in the file (the toml
     // crate's tables are sorted maps, so recover the order from the text).
@@ -178,12 +182,15 @@ pub(crate) fn parse_hosts_toml(
             client: parse_client(h.client.as_ref(), dir)
                 .map_err(|m| perr(format!("host {key:?}: {m}")))?,
             override_path: h.override_path.unwrap_or(false),
-            headers: parse_headers(h.header.as_ref()).map_err(|m| perr(format!("host {key:?}: {m}")))?,
+            headers: parse_headers(h.header.as_ref())
+                .map_err(|m| perr(format!("host {key:?}: {m}")))?,
         });
     }
 
     let server_url = match raw.server.as_deref() {
-        Some(s) if !s.trim().is_empty() => normalize_url(s).map_err(|m| perr(format!("server: {m}")))?,
+        Some(s) if !s.trim().is_empty() => {
+            normalize_url(s).map_err(|m| perr(format!("server: {m}")))?
+        }
         _ => default_upstream(domain),
     };
     out.push(HostEndpoint {
@@ -291,7 +298,11 @@ fn host_key_order(text: &str) -> Vec<String> {
 
 fn normalize_url(s: &str) -> Result<String, String> {
     let s = s.trim();
-    let full = if s.contains("://") { s.to_string() } else { format!("https://{s}") };
+    let full = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("https://{s}")
+    };
     let u = reqwest::Url::parse(&full).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     if u.scheme() != "http" && u.scheme() != "https" {
         return Err(format!("unsupported scheme in {s:?} (want http or https)"));
@@ -300,7 +311,10 @@ fn normalize_url(s: &str) -> Result<String, String> {
         return Err(format!("missing host in {s:?}"));
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err(format!("credentials are not allowed in host URLs ({})", u.host_str().unwrap_or("")));
+        return Err(format!(
+            "credentials are not allowed in host URLs ({})",
+            u.host_str().unwrap_or("")
+        ));
     }
     Ok(full.trim_end_matches('/').to_string())
 }
@@ -322,29 +336,45 @@ fn parse_ca(v: Option<&toml::Value>, dir: &Path) -> Result<Vec<PathBuf>, String>
             .iter()
             .map(|x| match x {
                 toml::Value::String(s) => Ok(abs_path(s, dir)),
-                other => Err(format!("ca entries must be strings, got {}", other.type_str())),
+                other => Err(format!(
+                    "ca entries must be strings, got {}",
+                    other.type_str()
+                )),
             })
             .collect(),
-        Some(other) => Err(format!("ca must be a string or list of strings, got {}", other.type_str())),
+        Some(other) => Err(format!(
+            "ca must be a string or list of strings, got {}",
+            other.type_str()
+        )),
     }
 }
 
 fn pair_from(items: &[toml::Value], dir: &Path) -> Result<(PathBuf, Option<PathBuf>), String> {
     let strs: Vec<&str> = items
         .iter()
-        .map(|x| x.as_str().ok_or_else(|| "client entries must be strings".to_string()))
+        .map(|x| {
+            x.as_str()
+                .ok_or_else(|| "client entries must be strings".to_string())
+        })
         .collect::<Result<_, _>>()?;
     match strs.as_slice() {
         [cert] if !cert.is_empty() => Ok((abs_path(cert, dir), None)),
         [cert, key] if !cert.is_empty() => Ok((
             abs_path(cert, dir),
-            if key.is_empty() { None } else { Some(abs_path(key, dir)) },
+            if key.is_empty() {
+                None
+            } else {
+                Some(abs_path(key, dir))
+            },
         )),
         _ => Err("client pair must be [cert] or [cert, key]".to_string()),
     }
 }
 
-fn parse_client(v: Option<&toml::Value>, dir: &Path) -> Result<Vec<(PathBuf, Option<PathBuf>)>, String> {
+fn parse_client(
+    v: Option<&toml::Value>,
+    dir: &Path,
+) -> Result<Vec<(PathBuf, Option<PathBuf>)>, String> {
     match v {
         None => Ok(vec![]),
         Some(toml::Value::String(s)) if s.is_empty() => Ok(vec![]),
@@ -359,7 +389,10 @@ fn parse_client(v: Option<&toml::Value>, dir: &Path) -> Result<Vec<(PathBuf, Opt
                     .map(|x| match x {
                         toml::Value::Array(p) => pair_from(p, dir),
                         toml::Value::String(s) if !s.is_empty() => Ok((abs_path(s, dir), None)),
-                        _ => Err("client must be a path, a [cert, key] pair or a list of pairs".to_string()),
+                        _ => Err(
+                            "client must be a path, a [cert, key] pair or a list of pairs"
+                                .to_string(),
+                        ),
                     })
                     .collect()
             }
@@ -378,7 +411,8 @@ fn parse_headers(t: Option<&toml::Table>) -> Result<Vec<(String, String)>, Strin
         reqwest::header::HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| format!("invalid header name {k:?}"))?;
         let mut push = |s: &str| -> Result<(), String> {
-            reqwest::header::HeaderValue::from_str(s).map_err(|_| format!("invalid value for header {k:?}"))?;
+            reqwest::header::HeaderValue::from_str(s)
+                .map_err(|_| format!("invalid value for header {k:?}"))?;
             out.push((k.clone(), s.to_string()));
             Ok(())
         };
@@ -386,7 +420,10 @@ fn parse_headers(t: Option<&toml::Table>) -> Result<Vec<(String, String)>, Strin
             toml::Value::String(s) => push(s)?,
             toml::Value::Array(a) => {
                 for x in a {
-                    push(x.as_str().ok_or_else(|| format!("header {k:?} values must be strings"))?)?
+                    push(
+                        x.as_str()
+                            .ok_or_else(|| format!("header {k:?} values must be strings"))?,
+                    )?
                 }
             }
             _ => return Err(format!("header {k:?} must be a string or list of strings")),
@@ -400,7 +437,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, domain: &str) -> Result<Vec<HostEndpoint>, RegistryError> {
-        parse_hosts_toml(text, Path::new("/etc/certs.d/x/hosts.toml"), Path::new("/etc/certs.d/x"), domain)
+        parse_hosts_toml(
+            text,
+            Path::new("/etc/certs.d/x/hosts.toml"),
+            Path::new("/etc/certs.d/x"),
+            domain,
+        )
     }
 
     #[test]
@@ -424,7 +466,12 @@ server = "https://registry.example.com"
         let urls: Vec<_> = h.iter().map(|e| e.url.as_str()).collect();
         assert_eq!(
             urls,
-            vec!["https://zzz.mirror:5000", "http://127.0.0.1:5000", "https://aaa.mirror", "https://registry.example.com"]
+            vec![
+                "https://zzz.mirror:5000",
+                "http://127.0.0.1:5000",
+                "https://aaa.mirror",
+                "https://registry.example.com"
+            ]
         );
         assert_eq!(h[0].capabilities, vec!["pull"]);
         assert_eq!(h[1].capabilities, vec!["pull", "resolve"]);
@@ -455,7 +502,10 @@ unknown_key = 1
 "#;
         let h = parse(text, "x").unwrap();
         let urls: Vec<_> = h.iter().map(|e| e.url.as_str()).collect();
-        assert_eq!(urls, vec!["https://b.example", "https://a.example", "https://x"]);
+        assert_eq!(
+            urls,
+            vec!["https://b.example", "https://a.example", "https://x"]
+        );
         let text = "host.\"https://z\" = { capabilities = [\"pull\"] }\nhost.\"https://a\" = {}\n";
         let h = parse(text, "x").unwrap();
         let urls: Vec<_> = h.iter().map(|e| e.url.as_str()).collect();
@@ -489,8 +539,17 @@ client = "/etc/client.pem"
   client = [["/c1.cert", "/c1.key"], ["/c2.pem", ""]]
 "#;
         let h = parse(text, "x").unwrap();
-        assert_eq!(h[0].ca, vec![PathBuf::from("/a.pem"), PathBuf::from("/etc/certs.d/x/rel.pem")]);
-        assert_eq!(h[0].client, vec![(PathBuf::from("/c.cert"), Some(PathBuf::from("/c.key")))]);
+        assert_eq!(
+            h[0].ca,
+            vec![
+                PathBuf::from("/a.pem"),
+                PathBuf::from("/etc/certs.d/x/rel.pem")
+            ]
+        );
+        assert_eq!(
+            h[0].client,
+            vec![(PathBuf::from("/c.cert"), Some(PathBuf::from("/c.key")))]
+        );
         assert_eq!(
             h[1].client,
             vec![
@@ -527,12 +586,23 @@ client = "/etc/client.pem"
         assert_eq!(h[0].url, "https://registry-1.docker.io");
         // _default
         std::fs::create_dir_all(dir.path().join("_default")).unwrap();
-        std::fs::write(dir.path().join("_default/hosts.toml"), "[host.\"http://127.0.0.1:1\"]\n").unwrap();
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "[host.\"http://127.0.0.1:1\"]\n",
+        )
+        .unwrap();
         let h = load_hosts(dir.path(), "ghcr.io").unwrap();
-        assert_eq!(h.iter().map(|e| e.url.as_str()).collect::<Vec<_>>(), vec!["http://127.0.0.1:1", "https://ghcr.io"]);
+        assert_eq!(
+            h.iter().map(|e| e.url.as_str()).collect::<Vec<_>>(),
+            vec!["http://127.0.0.1:1", "https://ghcr.io"]
+        );
         // specific host dir (host:port) wins
         std::fs::create_dir_all(dir.path().join("localhost:5000")).unwrap();
-        std::fs::write(dir.path().join("localhost:5000/hosts.toml"), "server = \"http://localhost:5000\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("localhost:5000/hosts.toml"),
+            "server = \"http://localhost:5000\"\n",
+        )
+        .unwrap();
         let h = load_hosts(dir.path(), "localhost:5000").unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].url, "http://localhost:5000");

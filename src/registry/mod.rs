@@ -28,9 +28,11 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
 pub const MEDIA_TYPE_DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, application/vnd.docker.distribution.manifest.v1+json;q=0.5";
@@ -86,7 +88,10 @@ pub struct Blob {
 
 impl std::fmt::Debug for Blob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Blob").field("offset", &self.offset).field("total", &self.total).finish_non_exhaustive()
+        f.debug_struct("Blob")
+            .field("offset", &self.offset)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +108,9 @@ struct Inner {
 
 impl std::fmt::Debug for Registries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registries").field("config_path", &self.inner.config_path).finish_non_exhaustive()
+        f.debug_struct("Registries")
+            .field("config_path", &self.inner.config_path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,9 +119,13 @@ fn is_digest(s: &str) -> bool {
     match s.split_once(':') {
         Some((algo, hex)) => {
             !algo.is_empty()
-                && algo.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
+                && algo
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
                 && !hex.is_empty()
-                && hex.chars().all(|c| c.is_ascii_alphanumeric() || c == '=' || c == '_' || c == '-')
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '=' || c == '_' || c == '-')
         }
         None => false,
     }
@@ -134,7 +145,8 @@ fn validate_path_component(what: &str, s: &str) -> Result<(), RegistryError> {
         || s.starts_with('/')
         || s.ends_with('/')
         || s.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-        || s.chars().any(|c| c.is_whitespace() || c.is_control() || "?#%\\".contains(c));
+        || s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "?#%\\".contains(c));
     if bad {
         return Err(RegistryError::Protocol(format!("invalid {what} {s:?}")));
     }
@@ -144,19 +156,29 @@ fn validate_path_component(what: &str, s: &str) -> Result<(), RegistryError> {
 fn validate_reference(reference: &str) -> Result<(), RegistryError> {
     let ok = !reference.is_empty()
         && reference.len() <= 256
-        && reference.chars().all(|c| c.is_ascii_alphanumeric() || "._-:+=".contains(c));
+        && reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:+=".contains(c));
     if !ok {
-        return Err(RegistryError::Protocol(format!("invalid reference {reference:?}")));
+        return Err(RegistryError::Protocol(format!(
+            "invalid reference {reference:?}"
+        )));
     }
     Ok(())
 }
 
 /// How one host's attempt ended when it did not produce a result.
-fn combine_errors(errors: Vec<(String, RegistryError)>, not_found: impl FnOnce() -> RegistryError) -> RegistryError {
+fn combine_errors(
+    errors: Vec<(String, RegistryError)>,
+    not_found: impl FnOnce() -> RegistryError,
+) -> RegistryError {
     if errors.is_empty() {
         return not_found();
     }
-    if errors.iter().all(|(_, e)| matches!(e, RegistryError::Unavailable(_))) {
+    if errors
+        .iter()
+        .all(|(_, e)| matches!(e, RegistryError::Unavailable(_)))
+    {
         let parts: Vec<String> = errors
             .into_iter()
             .map(|(_, e)| match e {
@@ -188,13 +210,22 @@ fn schema1_error(domain: &str, repo: &str, reference: &str) -> RegistryError {
 
 /// Detect the media type of a manifest body.
 fn detect_media_type(content_type: &str, body: &[u8]) -> (String, Option<serde_json::Value>) {
-    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if !generic_content_type(&ct) {
         return (ct, json);
     }
     let from_json = json.as_ref().and_then(|j| {
-        if let Some(mt) = j.get("mediaType").and_then(|m| m.as_str()).filter(|m| !m.is_empty()) {
+        if let Some(mt) = j
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .filter(|m| !m.is_empty())
+        {
             return Some(mt.to_string());
         }
         if j.get("schemaVersion").and_then(|v| v.as_i64()) == Some(1) {
@@ -225,7 +256,12 @@ enum HostOutcome<T> {
 
 impl Registries {
     pub fn new(config_path: impl Into<PathBuf>) -> Registries {
-        Registries { inner: Arc::new(Inner { config_path: config_path.into(), transport: Transport::new() }) }
+        Registries {
+            inner: Arc::new(Inner {
+                config_path: config_path.into(),
+                transport: Transport::new(),
+            }),
+        }
     }
 
     /// Parsed host list for a domain (re-read from disk on every call).
@@ -248,8 +284,15 @@ impl Registries {
             .filter(|(_, h)| h.has_capability(cap))
             .map(|(i, ep)| {
                 let ep_host = ep.host();
-                let allowed = !auth.is_empty() && auth::creds_allowed(auth, domain, &ep_host, i + 1 == n);
-                Target { domain, repo, ep, ep_host, creds: if allowed { Some(auth.clone()) } else { None } }
+                let allowed =
+                    !auth.is_empty() && auth::creds_allowed(auth, domain, &ep_host, i + 1 == n);
+                Target {
+                    domain,
+                    repo,
+                    ep,
+                    ep_host,
+                    creds: if allowed { Some(auth.clone()) } else { None },
+                }
             })
             .collect()
     }
@@ -269,7 +312,11 @@ impl Registries {
         let by_digest = is_digest(reference);
         let cap = if by_digest { "pull" } else { "resolve" };
         let targets = self.targets(domain, repo, &hosts, cap, &auth);
-        let host_list = targets.iter().map(|t| t.ep_host.as_str()).collect::<Vec<_>>().join(", ");
+        let host_list = targets
+            .iter()
+            .map(|t| t.ep_host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         if targets.is_empty() {
             return Err(RegistryError::Protocol(format!(
                 "no host configured for {domain} has the {cap:?} capability"
@@ -293,14 +340,31 @@ impl Registries {
             }
         }
         Err(combine_errors(errors, || {
-            RegistryError::NotFound(format!("manifest unknown: {domain}/{repo}:{reference} not found in {host_list}"))
+            RegistryError::NotFound(format!(
+                "manifest unknown: {domain}/{repo}:{reference} not found in {host_list}"
+            ))
         }))
     }
 
-    async fn manifest_from(&self, t: &Target<'_>, reference: &str, by_digest: bool) -> HostOutcome<Manifest> {
-        let url = match Url::parse(&format!("{}/{}/manifests/{}", t.ep.api_base(), t.repo, reference)) {
+    async fn manifest_from(
+        &self,
+        t: &Target<'_>,
+        reference: &str,
+        by_digest: bool,
+    ) -> HostOutcome<Manifest> {
+        let url = match Url::parse(&format!(
+            "{}/{}/manifests/{}",
+            t.ep.api_base(),
+            t.repo,
+            reference
+        )) {
             Ok(u) => u,
-            Err(e) => return HostOutcome::Failed(RegistryError::Protocol(format!("{}: bad URL: {e}", t.ep_host))),
+            Err(e) => {
+                return HostOutcome::Failed(RegistryError::Protocol(format!(
+                    "{}: bad URL: {e}",
+                    t.ep_host
+                )))
+            }
         };
         let mut common = HeaderMap::new();
         common.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
@@ -332,7 +396,10 @@ impl Registries {
                 t.ep_host
             ))
         };
-        if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
+        {
             return HostOutcome::Failed(too_large());
         }
         let content_type = resp
@@ -406,12 +473,21 @@ impl Registries {
         let (media_type, json) = detect_media_type(&content_type, &bytes);
         let schema1 = media_type == MEDIA_TYPE_DOCKER_SCHEMA1
             || media_type == MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED
-            || json.as_ref().and_then(|j| j.get("schemaVersion")).and_then(|v| v.as_i64()) == Some(1);
+            || json
+                .as_ref()
+                .and_then(|j| j.get("schemaVersion"))
+                .and_then(|v| v.as_i64())
+                == Some(1);
         if schema1 {
             return HostOutcome::Failed(schema1_error(domain, repo, reference));
         }
         tracing::debug!(host = %t.ep_host, %domain, %repo, %reference, %digest, %media_type, size = bytes.len(), "fetched manifest");
-        HostOutcome::Done(Manifest { media_type, digest, bytes, host: t.ep_host.clone() })
+        HostOutcome::Done(Manifest {
+            media_type,
+            digest,
+            bytes,
+            host: t.ep_host.clone(),
+        })
     }
 
     /// Stream a blob, from `offset` when > 0 (see [`Blob::offset`]).
@@ -425,15 +501,23 @@ impl Registries {
     ) -> Result<Blob, RegistryError> {
         validate_path_component("repository", repo)?;
         if !is_digest(digest) {
-            return Err(RegistryError::Protocol(format!("invalid blob digest {digest:?}")));
+            return Err(RegistryError::Protocol(format!(
+                "invalid blob digest {digest:?}"
+            )));
         }
         let auth = auth.normalized()?;
         let hosts = self.hosts(domain)?;
         let targets = self.targets(domain, repo, &hosts, "pull", &auth);
         if targets.is_empty() {
-            return Err(RegistryError::Protocol(format!("no host configured for {domain} has the \"pull\" capability")));
+            return Err(RegistryError::Protocol(format!(
+                "no host configured for {domain} has the \"pull\" capability"
+            )));
         }
-        let host_list = targets.iter().map(|t| t.ep_host.as_str()).collect::<Vec<_>>().join(", ");
+        let host_list = targets
+            .iter()
+            .map(|t| t.ep_host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut errors = vec![];
         for t in &targets {
             match self.blob_from(t, digest, offset).await {
@@ -448,19 +532,29 @@ impl Registries {
             }
         }
         Err(combine_errors(errors, || {
-            RegistryError::NotFound(format!("blob unknown: {domain}/{repo}@{digest} not found in {host_list}"))
+            RegistryError::NotFound(format!(
+                "blob unknown: {domain}/{repo}@{digest} not found in {host_list}"
+            ))
         }))
     }
 
     async fn blob_from(&self, t: &Target<'_>, digest: &str, offset: u64) -> HostOutcome<Blob> {
         let url = match Url::parse(&format!("{}/{}/blobs/{}", t.ep.api_base(), t.repo, digest)) {
             Ok(u) => u,
-            Err(e) => return HostOutcome::Failed(RegistryError::Protocol(format!("{}: bad URL: {e}", t.ep_host))),
+            Err(e) => {
+                return HostOutcome::Failed(RegistryError::Protocol(format!(
+                    "{}: bad URL: {e}",
+                    t.ep_host
+                )))
+            }
         };
         let mut common = HeaderMap::new();
         common.insert(ACCEPT, HeaderValue::from_static("*/*"));
         if offset > 0 {
-            common.insert(RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("valid header"));
+            common.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).expect("valid header"),
+            );
         }
         let resp = match self.inner.transport.get(t, url, common).await {
             Ok(r) => r,
@@ -471,7 +565,11 @@ impl Registries {
         let (start, total) = match st {
             StatusCode::OK => (0, resp.content_length()),
             StatusCode::PARTIAL_CONTENT => {
-                let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(parse_content_range);
+                let cr = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(parse_content_range);
                 match cr {
                     Some(Some((s, tot))) => (s, tot),
                     Some(None) => {
@@ -506,9 +604,15 @@ impl Registries {
         let host = t.ep_host.clone();
         let d = digest.to_string();
         let stream = resp.bytes_stream().map(move |r| {
-            r.map_err(|e| RegistryError::Unavailable(format!("{host}: reading blob {d}: {}", error_chain(&e))))
+            r.map_err(|e| {
+                RegistryError::Unavailable(format!("{host}: reading blob {d}: {}", error_chain(&e)))
+            })
         });
-        HostOutcome::Done(Blob { offset: start, total, stream: Box::pin(stream) })
+        HostOutcome::Done(Blob {
+            offset: start,
+            total,
+            stream: Box::pin(stream),
+        })
     }
 }
 
@@ -535,7 +639,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 10-99/100"), Some((10, Some(100))));
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, Some(100)))
+        );
         assert_eq!(parse_content_range("bytes 10-99/*"), Some((10, None)));
         assert_eq!(parse_content_range("bytes x-99/100"), None);
     }
@@ -553,9 +660,15 @@ mod tests {
 
     #[test]
     fn media_type_detection() {
-        let (mt, _) = detect_media_type("application/vnd.oci.image.manifest.v1+json; charset=utf-8", b"{}");
+        let (mt, _) = detect_media_type(
+            "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
+            b"{}",
+        );
         assert_eq!(mt, MEDIA_TYPE_OCI_MANIFEST);
-        let (mt, _) = detect_media_type("application/json", br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json"}"#);
+        let (mt, _) = detect_media_type(
+            "application/json",
+            br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json"}"#,
+        );
         assert_eq!(mt, MEDIA_TYPE_DOCKER_LIST);
         let (mt, _) = detect_media_type("text/plain", br#"{"schemaVersion":1,"signatures":[]}"#);
         assert_eq!(mt, MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED);
@@ -572,7 +685,10 @@ mod tests {
             ],
             || RegistryError::NotFound("nf".into()),
         );
-        assert_eq!(e.to_string(), "RegistryUnavailable: a: refused; b: HTTP 503");
+        assert_eq!(
+            e.to_string(),
+            "RegistryUnavailable: a: refused; b: HTTP 503"
+        );
         let e = combine_errors(
             vec![
                 ("a".into(), RegistryError::Unavailable("a".into())),
@@ -581,7 +697,10 @@ mod tests {
             || RegistryError::NotFound("nf".into()),
         );
         assert!(matches!(e, RegistryError::Forbidden(_)));
-        assert!(matches!(combine_errors(vec![], || RegistryError::NotFound("x".into())), RegistryError::NotFound(_)));
+        assert!(matches!(
+            combine_errors(vec![], || RegistryError::NotFound("x".into())),
+            RegistryError::NotFound(_)
+        ));
     }
 
     #[test]

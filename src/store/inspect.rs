@@ -112,10 +112,16 @@ pub async fn inspect(
     if manifest_digest == target_digest {
         size += bytes.len() as u64;
     }
-    let cfg_bytes = cd.read_blob(&manifest.config.digest, MAX_DOCUMENT_BYTES).await?;
+    let cfg_bytes = cd
+        .read_blob(&manifest.config.digest, MAX_DOCUMENT_BYTES)
+        .await?;
     let cfg = manifest::parse_config(&manifest.config.digest, &cfg_bytes)?;
     size += cfg_bytes.len() as u64;
-    size += manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+    size += manifest
+        .layers
+        .iter()
+        .map(|l| l.size.max(0) as u64)
+        .sum::<u64>();
     let chain = crate::reference::chain_id(cfg.diff_ids());
     Ok(ImageInfo {
         id: manifest.config.digest.clone(),
@@ -137,7 +143,10 @@ pub async fn config_platform_of(cd: &Containerd, d: &manifest::Descriptor) -> Op
     let Document::Manifest(m) = manifest::parse(&mt, &d.digest, &mb).ok()? else {
         return None;
     };
-    let cb = cd.read_blob(&m.config.digest, MAX_DOCUMENT_BYTES).await.ok()?;
+    let cb = cd
+        .read_blob(&m.config.digest, MAX_DOCUMENT_BYTES)
+        .await
+        .ok()?;
     let cfg = manifest::parse_config(&m.config.digest, &cb).ok()?;
     Some(cfg.platform())
 }

@@ -53,7 +53,14 @@ impl Index {
         self.remove(&name);
         let id = info.id.clone();
         let target = info.target.clone();
-        self.records.insert(name.clone(), Record { id: id.clone(), pinned, target });
+        self.records.insert(
+            name.clone(),
+            Record {
+                id: id.clone(),
+                pinned,
+                target,
+            },
+        );
         self.by_id.entry(id.clone()).or_default().insert(name);
         self.infos.insert(id, info);
     }
@@ -149,7 +156,9 @@ impl Store {
         if self.is_synced() {
             Ok(())
         } else {
-            Err(StoreError::NotSynced(self.cd.socket().display().to_string()))
+            Err(StoreError::NotSynced(
+                self.cd.socket().display().to_string(),
+            ))
         }
     }
 
@@ -177,7 +186,10 @@ impl Store {
             |name| idx.records.get(name).map(|r| r.id.clone()),
             |prefix| {
                 idx.by_id
-                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
                     .take_while(|(id, _)| id.starts_with(prefix))
                     .take(2)
                     .map(|(id, _)| id.clone())
@@ -195,7 +207,9 @@ impl Store {
     /// A record's (image ID, target digest, pinned), if it is in the index.
     pub fn record(&self, name: &str) -> Option<(String, String, bool)> {
         let idx = self.index.read().unwrap();
-        idx.records.get(name).map(|r| (r.id.clone(), r.target.clone(), r.pinned))
+        idx.records
+            .get(name)
+            .map(|r| (r.id.clone(), r.target.clone(), r.pinned))
     }
 
     /// Changes whenever the index changes (for response caches).
@@ -252,7 +266,11 @@ impl Store {
     }
 
     async fn apply_record(&self, rec: ImageRecord) {
-        let pinned = rec.labels.get(labels::CRI_PINNED).map(|v| v == labels::CRI_PINNED_VALUE).unwrap_or(false)
+        let pinned = rec
+            .labels
+            .get(labels::CRI_PINNED)
+            .map(|v| v == labels::CRI_PINNED_VALUE)
+            .unwrap_or(false)
             || self.pinned_names.contains(&rec.name);
         match self.info_for(&rec).await {
             Some(info) => self.write_index().insert(rec.name, info, pinned),
@@ -265,7 +283,11 @@ impl Store {
         let records = self.cd.list_images().await?;
         let mut fresh = Vec::with_capacity(records.len());
         for rec in records {
-            let pinned = rec.labels.get(labels::CRI_PINNED).map(|v| v == labels::CRI_PINNED_VALUE).unwrap_or(false)
+            let pinned = rec
+                .labels
+                .get(labels::CRI_PINNED)
+                .map(|v| v == labels::CRI_PINNED_VALUE)
+                .unwrap_or(false)
                 || self.pinned_names.contains(&rec.name);
             if let Some(info) = self.info_for(&rec).await {
                 fresh.push((rec.name, info, pinned));
@@ -288,7 +310,8 @@ impl Store {
     pub async fn run_sync(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<crate::containerd::Envelope, String>>(1024);
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<Result<crate::containerd::Envelope, String>>(1024);
             let cd = self.cd.clone();
             let sub = tokio::spawn(async move {
                 match cd.subscribe_images().await {
@@ -349,8 +372,12 @@ impl Store {
         let Some(any) = env.event else { return };
         use containerd_client::services::v1::{ImageCreate, ImageDelete, ImageUpdate};
         let name = match env.topic.as_str() {
-            "/images/create" => ImageCreate::decode(any.value.as_slice()).ok().map(|e| e.name),
-            "/images/update" => ImageUpdate::decode(any.value.as_slice()).ok().map(|e| e.name),
+            "/images/create" => ImageCreate::decode(any.value.as_slice())
+                .ok()
+                .map(|e| e.name),
+            "/images/update" => ImageUpdate::decode(any.value.as_slice())
+                .ok()
+                .map(|e| e.name),
             "/images/delete" => {
                 if let Ok(e) = ImageDelete::decode(any.value.as_slice()) {
                     self.write_index().remove(&e.name);

@@ -28,7 +28,10 @@ where
             }
             Ok(prefixed(&id).into_iter().find(|i| *i == id))
         }
-        ImageQuery::Name { reference, short_id } => {
+        ImageQuery::Name {
+            reference,
+            short_id,
+        } => {
             // name:tag@digest resolves by the digest.
             let key = match reference.name_digest() {
                 Some(d) => d,
@@ -46,7 +49,11 @@ where
     }
 }
 
-fn by_prefix(query: &str, prefix: &str, prefixed: &dyn Fn(&str) -> Vec<String>) -> Result<Option<String>, ResolveError> {
+fn by_prefix(
+    query: &str,
+    prefix: &str,
+    prefixed: &dyn Fn(&str) -> Vec<String>,
+) -> Result<Option<String>, ResolveError> {
     let want = format!("sha256:{prefix}");
     let ids = prefixed(&want);
     let mut found: Option<String> = None;
@@ -91,15 +98,31 @@ mod tests {
     fn r(q: &str) -> Result<Option<String>, ResolveError> {
         let w = world();
         let ids = [A, B, C];
-        resolve(q, |n| w.get(n).cloned(), |p| ids.iter().filter(|i| i.starts_with(p)).take(2).map(|s| s.to_string()).collect())
+        resolve(
+            q,
+            |n| w.get(n).cloned(),
+            |p| {
+                ids.iter()
+                    .filter(|i| i.starts_with(p))
+                    .take(2)
+                    .map(|s| s.to_string())
+                    .collect()
+            },
+        )
     }
 
     #[test]
     fn by_name_digest_id_and_prefix() {
         assert_eq!(r("busybox").unwrap().as_deref(), Some(A));
-        assert_eq!(r("docker.io/library/busybox:latest").unwrap().as_deref(), Some(A));
+        assert_eq!(
+            r("docker.io/library/busybox:latest").unwrap().as_deref(),
+            Some(A)
+        );
         assert_eq!(r(&format!("busybox@{DGST}")).unwrap().as_deref(), Some(A));
-        assert_eq!(r(&format!("busybox:whatever@{DGST}")).unwrap().as_deref(), Some(A));
+        assert_eq!(
+            r(&format!("busybox:whatever@{DGST}")).unwrap().as_deref(),
+            Some(A)
+        );
         assert_eq!(r(A).unwrap().as_deref(), Some(A));
         assert_eq!(r(&A[7..]).unwrap().as_deref(), Some(A));
         assert_eq!(r("cafe0").unwrap().as_deref(), Some(C));

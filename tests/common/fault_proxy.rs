@@ -41,7 +41,10 @@ pub enum Fault {
     /// an endless redirect loop.
     RedirectLoop,
     /// Answer 200 with this body and content type (e.g. a huge manifest).
-    Replace { body: Arc<Vec<u8>>, content_type: String },
+    Replace {
+        body: Arc<Vec<u8>>,
+        content_type: String,
+    },
 }
 
 /// A fault applied to requests whose method matches (empty = any) and whose
@@ -156,7 +159,11 @@ impl FaultProxy {
     /// Add a rule (rules are checked in insertion order; the first one with
     /// uses left applies).
     pub fn add(&self, rule: Rule) {
-        self.shared.rules.lock().unwrap().push(RuleState { rule, used: 0 });
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .push(RuleState { rule, used: 0 });
     }
 
     pub fn clear_rules(&self) {
@@ -200,7 +207,10 @@ struct Request {
 
 /// Read one request head (GET/HEAD only carry no body; other bodies are read
 /// by Content-Length). Returns None at EOF.
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<(Request, Vec<u8>)>> {
+async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(Request, Vec<u8>)>> {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -228,7 +238,14 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resul
                 buf.extend_from_slice(&tmp[..n]);
             }
             let body: Vec<u8> = buf.drain(..len).collect();
-            return Ok(Some((Request { method, path, headers }, body)));
+            return Ok(Some((
+                Request {
+                    method,
+                    path,
+                    headers,
+                },
+                body,
+            )));
         }
         let mut tmp = [0u8; 8192];
         let n = sock.read(&mut tmp).await?;
@@ -282,7 +299,8 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                 .iter_mut()
                 .find(|r| {
                     r.used < r.rule.times
-                        && (r.rule.method.is_empty() || r.rule.method.eq_ignore_ascii_case(&req.method))
+                        && (r.rule.method.is_empty()
+                            || r.rule.method.eq_ignore_ascii_case(&req.method))
                         && req.path.contains(&r.rule.path_contains)
                 })
                 .map(|r| {
@@ -300,7 +318,9 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
             authorization: header(&req, "authorization").map(str::to_string),
             status: 0,
             body_bytes: 0,
-            fault: fault.as_ref().map(|f| format!("{f:?}").chars().take(40).collect()),
+            fault: fault
+                .as_ref()
+                .map(|f| format!("{f:?}").chars().take(40).collect()),
         };
         // Faults that answer without asking upstream.
         match &fault {
@@ -344,7 +364,8 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
         }
         // Forward upstream.
         let url = format!("http://{}{}", sh.upstream, req.path);
-        let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let method =
+            reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
         let mut rb = sh.client.request(method, &url);
         for (k, v) in &req.headers {
             let lk = k.to_ascii_lowercase();
@@ -409,7 +430,8 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                 for i in (0..data.len()).step_by(97) {
                     data[i] ^= 0x5a;
                 }
-                sock.write_all(&head_bytes(status, &headers, data.len())).await?;
+                sock.write_all(&head_bytes(status, &headers, data.len()))
+                    .await?;
                 sock.write_all(&data).await?;
                 entry.body_bytes = data.len();
             }
@@ -417,7 +439,8 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
             | (Some(Fault::TruncateAfter(n)), true)
             | (Some(Fault::StallAfter(n)), true) => {
                 let n = (*n).min(data.len());
-                sock.write_all(&head_bytes(status, &headers, data.len())).await?;
+                sock.write_all(&head_bytes(status, &headers, data.len()))
+                    .await?;
                 sock.write_all(&data[..n]).await?;
                 sock.flush().await?;
                 entry.body_bytes = n;
@@ -441,7 +464,8 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                 return Ok(());
             }
             (Some(Fault::Trickle(rate)), true) => {
-                sock.write_all(&head_bytes(status, &headers, data.len())).await?;
+                sock.write_all(&head_bytes(status, &headers, data.len()))
+                    .await?;
                 let chunk = (*rate / 10).max(1);
                 for c in data.chunks(chunk) {
                     sock.write_all(c).await?;
@@ -451,7 +475,8 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                 }
             }
             _ => {
-                sock.write_all(&head_bytes(status, &headers, data.len())).await?;
+                sock.write_all(&head_bytes(status, &headers, data.len()))
+                    .await?;
                 sock.write_all(&data).await?;
                 entry.body_bytes = data.len();
             }

@@ -9,7 +9,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn sha(data: &[u8]) -> String {
@@ -40,11 +44,17 @@ impl TestRegistry {
             dir.path().join("data").display()
         );
         if let Some((u, p)) = auth {
-            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().expect("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd");
             assert!(out.status.success());
             let f = dir.path().join("htpasswd");
             std::fs::write(&f, &out.stdout).unwrap();
-            cfg.push_str(&format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", f.display()));
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                f.display()
+            ));
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
@@ -88,13 +98,19 @@ impl TestRegistry {
         let c = reqwest::Client::new();
         let digest = sha(data);
         let r = self
-            .req(c.post(format!("http://127.0.0.1:{}/v2/{repo}/blobs/uploads/", self.port)))
+            .req(c.post(format!(
+                "http://127.0.0.1:{}/v2/{repo}/blobs/uploads/",
+                self.port
+            )))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 202, "start upload");
         let loc = r.headers()["location"].to_str().unwrap().to_string();
-        let mut url = reqwest::Url::parse(&format!("http://127.0.0.1:{}/", self.port)).unwrap().join(&loc).unwrap();
+        let mut url = reqwest::Url::parse(&format!("http://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .join(&loc)
+            .unwrap();
         url.query_pairs_mut().append_pair("digest", &digest);
         let r = self
             .req(c.put(url))
@@ -109,7 +125,9 @@ impl TestRegistry {
 
     /// Push config + one layer + OCI manifest under `tag`; returns (manifest bytes, digest, layer bytes, layer digest).
     pub async fn push_image(&self, repo: &str, tag: &str) -> (Vec<u8>, String, Vec<u8>, String) {
-        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
         let layer: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         let cd = self.push_blob(repo, &config).await;
         let ld = self.push_blob(repo, &layer).await;
@@ -121,13 +139,21 @@ impl TestRegistry {
         .into_bytes();
         let c = reqwest::Client::new();
         let r = self
-            .req(c.put(format!("http://127.0.0.1:{}/v2/{repo}/manifests/{tag}", self.port)))
+            .req(c.put(format!(
+                "http://127.0.0.1:{}/v2/{repo}/manifests/{tag}",
+                self.port
+            )))
             .header("content-type", "application/vnd.oci.image.manifest.v1+json")
             .body(manifest.clone())
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "put manifest: {:?}", r.text().await);
+        assert_eq!(
+            r.status().as_u16(),
+            201,
+            "put manifest: {:?}",
+            r.text().await
+        );
         let md = sha(&manifest);
         (manifest, md, layer, ld)
     }
@@ -158,7 +184,11 @@ pub struct MockResponse {
 
 impl MockResponse {
     pub fn new(status: u16) -> Self {
-        MockResponse { status, headers: vec![], body: vec![] }
+        MockResponse {
+            status,
+            headers: vec![],
+            body: vec![],
+        }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
@@ -193,7 +223,9 @@ impl Mock {
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let handler = handler.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -223,7 +255,10 @@ impl Mock {
                             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
                         }
                     }
-                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let len: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                     while buf.len() < head_end + len {
                         let n = match sock.read(&mut tmp).await {
                             Ok(0) | Err(_) => break,
@@ -232,7 +267,12 @@ impl Mock {
                         buf.extend_from_slice(&tmp[..n]);
                     }
                     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-                    let req = SeenRequest { method, path, headers, body };
+                    let req = SeenRequest {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    };
                     seen.lock().unwrap().push(req.clone());
                     let resp = handler(&req);
                     let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", resp.status);
