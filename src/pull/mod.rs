@@ -129,6 +129,19 @@ pub struct PullReport {
     pub already_present: bool,
 }
 
+impl PullReport {
+    /// The report of a pull that found the image complete locally.
+    fn present(info: &crate::store::ImageInfo, resolve: Duration) -> PullReport {
+        PullReport {
+            image_id: info.id.clone(),
+            platform: info.platform.to_string(),
+            already_present: true,
+            resolve,
+            ..Default::default()
+        }
+    }
+}
+
 /// Everything one pull's steps need.
 pub(crate) struct PullCtx {
     pub cd: Containerd,
@@ -303,31 +316,12 @@ impl Puller {
         // Fast path: a digest reference already complete locally needs no network.
         if let Some(d) = reference.digest() {
             if let Some(view) = self.store.get_by_record(&format!("{name}@{d}")) {
+                let target = view.info.target_descriptor();
                 if self
-                    .already_current(reference, d, &view.info, snapshotter)
-                    .await
+                    .use_local(reference, &target, &view.info, snapshotter)
+                    .await?
                 {
-                    report.image_id = view.info.id.clone();
-                    report.platform = view.info.platform.to_string();
-                    report.already_present = true;
-                    report.resolve = t0.elapsed();
-                    return Ok(report);
-                }
-                if self.complete_locally(&view.info, snapshotter).await
-                    && self
-                        .reuse_local(
-                            reference,
-                            &view.info.target_descriptor(),
-                            &view.info,
-                            snapshotter,
-                        )
-                        .await?
-                {
-                    report.image_id = view.info.id.clone();
-                    report.platform = view.info.platform.to_string();
-                    report.already_present = true;
-                    report.resolve = t0.elapsed();
-                    return Ok(report);
+                    return Ok(PullReport::present(&view.info, t0.elapsed()));
                 }
             }
         }
@@ -353,26 +347,10 @@ impl Puller {
         // Warm path: the same target is already an image here.
         if let Some(view) = self.store.get_by_record(&format!("{name}@{}", top.digest)) {
             if self
-                .already_current(reference, &top.digest, &view.info, snapshotter)
-                .await
+                .use_local(reference, &top_desc, &view.info, snapshotter)
+                .await?
             {
-                report.image_id = view.info.id.clone();
-                report.platform = view.info.platform.to_string();
-                report.already_present = true;
-                report.resolve = t0.elapsed();
-                return Ok(report);
-            }
-            if view.info.target == top.digest
-                && self.complete_locally(&view.info, snapshotter).await
-                && self
-                    .reuse_local(reference, &top_desc, &view.info, snapshotter)
-                    .await?
-            {
-                report.image_id = view.info.id.clone();
-                report.platform = view.info.platform.to_string();
-                report.already_present = true;
-                report.resolve = t0.elapsed();
-                return Ok(report);
+                return Ok(PullReport::present(&view.info, t0.elapsed()));
             }
         }
 
@@ -646,6 +624,27 @@ impl Puller {
         .await;
         let _ = self.cd.delete_lease(&lease).await;
         result
+    }
+
+    /// The image is already here: make sure its records exist, writing
+    /// nothing when they are current. False when a real pull is needed.
+    async fn use_local(
+        &self,
+        reference: &Reference,
+        target: &Descriptor,
+        info: &crate::store::ImageInfo,
+        snapshotter: &str,
+    ) -> Result<bool, PullError> {
+        if self
+            .already_current(reference, &target.digest, info, snapshotter)
+            .await
+        {
+            return Ok(true);
+        }
+        if info.target != target.digest || !self.complete_locally(info, snapshotter).await {
+            return Ok(false);
+        }
+        self.reuse_local(reference, target, info, snapshotter).await
     }
 
     /// Warm pull: every record this pull would write already points at
