@@ -130,29 +130,7 @@ async fn malformed_requests_are_invalid_argument() {
 
     // Empty image spec: missing and empty string, for every RPC taking one.
     for s in [None, spec("")] {
-        let e = c
-            .pull_image(cri::PullImageRequest {
-                image: s.clone(),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "pull {s:?}: {e:?}");
-        let e = c
-            .image_status(cri::ImageStatusRequest {
-                image: s.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "status {s:?}: {e:?}");
-        let e = c
-            .remove_image(cri::RemoveImageRequest { image: s.clone() })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "remove {s:?}: {e:?}");
-        n += 3;
+        n += assert_invalid_everywhere(&mut c, s).await;
     }
 
     // A 1 MB reference.

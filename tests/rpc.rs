@@ -624,28 +624,7 @@ async fn bad_requests_are_invalid_argument_and_the_server_keeps_serving() {
 
     // Empty image spec / no spec at all.
     for s in [None, spec("")] {
-        let e = c
-            .image_status(cri::ImageStatusRequest {
-                image: s.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "ImageStatus {s:?}: {e:?}");
-        let e = c
-            .pull_image(cri::PullImageRequest {
-                image: s.clone(),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "PullImage {s:?}: {e:?}");
-        let e = c
-            .remove_image(cri::RemoveImageRequest { image: s.clone() })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "RemoveImage {s:?}: {e:?}");
+        assert_invalid_everywhere(&mut c, s).await;
     }
     // A 1 MB reference.
     let huge = format!("{}/{}:v1", env.registry_addr(), "a".repeat(1 << 20));

@@ -232,3 +232,49 @@ pub async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<
         .await
         .map(|_| ())
 }
+
+/// PullImage, ImageStatus and RemoveImage with `image` all answer
+/// INVALID_ARGUMENT. Returns how many calls were checked.
+pub async fn assert_invalid_everywhere(
+    c: &mut ImageServiceClient<Channel>,
+    image: Option<cri::ImageSpec>,
+) -> usize {
+    use tonic::Code;
+    let e = c
+        .pull_image(cri::PullImageRequest {
+            image: image.clone(),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "PullImage {image:?}: {e:?}"
+    );
+    let e = c
+        .image_status(cri::ImageStatusRequest {
+            image: image.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "ImageStatus {image:?}: {e:?}"
+    );
+    let e = c
+        .remove_image(cri::RemoveImageRequest {
+            image: image.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "RemoveImage {image:?}: {e:?}"
+    );
+    3
+}
