@@ -187,17 +187,10 @@ pub async fn write_bytes(
     data: Bytes,
     labels: HashMap<String, String>,
 ) -> Result<Fetched, PullError> {
-    // Lease first, then look: content that a concurrent RemoveImage collects
-    // between a look and a lease add would be lost to this pull.
-    ctx.cd
-        .lease_add(&ctx.lease, "content", &desc.digest)
-        .await?;
-    if ctx.cd.content_info(&desc.digest).await?.is_some() {
-        if !labels.is_empty() {
-            ctx.cd.label_content(&desc.digest, labels).await?;
-        }
-        return Ok(Fetched::Reused);
-    }
+    // No separate existence check: containerd's Writer answers AlreadyExists
+    // for present content and, in the same transaction, adds it to the lease
+    // the write carries, so a concurrent RemoveImage cannot collect it from
+    // under this pull.
     let mut w = match open(ctx, desc).await? {
         Opened::Exists => {
             if !labels.is_empty() {
@@ -223,12 +216,7 @@ pub async fn fetch_blob(
     desc: &Descriptor,
     labels: HashMap<String, String>,
 ) -> Result<Fetched, PullError> {
-    // Keep it for this pull even if the image that brought it is removed
-    // meanwhile: lease first, then look (see write_bytes).
-    // The write's Stat answers AlreadyExists for a present blob: no separate Info call.
-    ctx.cd
-        .lease_add(&ctx.lease, "content", &desc.digest)
-        .await?;
+    // Existence check and lease reference in one step (see write_bytes).
     let mut w = match open(ctx, desc).await? {
         Opened::Exists => return Ok(Fetched::Reused),
         Opened::Open(w) => w,

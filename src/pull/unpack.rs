@@ -26,19 +26,25 @@ pub async fn unpack(
 ) -> Result<(String, Duration), PullError> {
     let start = Instant::now();
     let chain = crate::reference::chain_id(diff_ids);
-    // Which snapshots exist, all at once (lease first, then look: a snapshot a
-    // concurrent RemoveImage collects between a look and a lease add would be
-    // missing from this image). A chain's snapshot implies its parents.
-    let kind = format!("snapshots/{}", ctx.snapshotter);
-    let exists = futures::future::try_join_all(chain.iter().map(|c| {
-        let kind = &kind;
-        async move {
-            ctx.cd.lease_add(&ctx.lease, kind, c).await?;
-            ctx.cd.snapshot_exists(&ctx.snapshotter, c).await
-        }
-    }))
+    // Which snapshots exist, all at once (read-only Stats). A chain's snapshot
+    // keeps its parents, so only the highest present one joins the lease;
+    // it is looked at again after that, in case a concurrent RemoveImage
+    // collected it in between (then every layer is applied; commits of
+    // chains that exist are accepted).
+    let exists = futures::future::try_join_all(
+        chain
+            .iter()
+            .map(|c| ctx.cd.snapshot_exists(&ctx.snapshotter, c)),
+    )
     .await?;
-    let present_up_to = exists.iter().rposition(|e| *e);
+    let mut present_up_to = exists.iter().rposition(|e| *e);
+    if let Some(k) = present_up_to {
+        let kind = format!("snapshots/{}", ctx.snapshotter);
+        ctx.cd.lease_add(&ctx.lease, &kind, &chain[k]).await?;
+        if !ctx.cd.snapshot_exists(&ctx.snapshotter, &chain[k]).await? {
+            present_up_to = None;
+        }
+    }
     let mut parent = String::new();
     for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
         let chain_id = &chain[i];
