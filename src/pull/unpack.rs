@@ -45,6 +45,7 @@ pub async fn unpack(
             present_up_to = None;
         }
     }
+    let mut labelling = Vec::new();
     let mut parent = String::new();
     for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
         let chain_id = &chain[i];
@@ -52,8 +53,23 @@ pub async fn unpack(
         done.await.map_err(|_| PullError::Canceled)?;
         if present_up_to.is_none_or(|k| i > k) {
             apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent).await?;
+            // Off the critical path: the next layer's Prepare need not wait
+            // for this label; all are joined before the unpack reports done.
+            let cd = ctx.cd.clone();
+            let (digest, diff_id) = (layer.digest.clone(), diff_ids[i].clone());
+            labelling.push(tokio::spawn(async move {
+                cd.label_content(
+                    &digest,
+                    HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id)]),
+                )
+                .await
+            }));
         }
         parent = chain_id.clone();
+    }
+    for l in labelling {
+        l.await
+            .map_err(|e| PullError::Internal(format!("labelling task: {e}")))??;
     }
     Ok((chain.last().cloned().unwrap_or_default(), start.elapsed()))
 }
@@ -117,12 +133,6 @@ async fn apply_layer(
             }
             Err(e) => return Err(e.into()),
         }
-        ctx.cd
-            .label_content(
-                &layer.digest,
-                HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id.to_string())]),
-            )
-            .await?;
         Ok(())
     }
     .await;
