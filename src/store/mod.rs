@@ -265,13 +265,14 @@ impl Store {
         }
     }
 
+    /// Pinned by its record label or by the config's `pinned_images`.
+    fn is_pinned(&self, rec: &ImageRecord) -> bool {
+        rec.labels.get(labels::CRI_PINNED).map(String::as_str) == Some(labels::CRI_PINNED_VALUE)
+            || self.pinned_names.contains(&rec.name)
+    }
+
     async fn apply_record(&self, rec: ImageRecord) {
-        let pinned = rec
-            .labels
-            .get(labels::CRI_PINNED)
-            .map(|v| v == labels::CRI_PINNED_VALUE)
-            .unwrap_or(false)
-            || self.pinned_names.contains(&rec.name);
+        let pinned = self.is_pinned(&rec);
         match self.info_for(&rec).await {
             Some(info) => self.write_index().insert(rec.name, info, pinned),
             None => self.write_index().remove(&rec.name),
@@ -283,12 +284,7 @@ impl Store {
         let records = self.cd.list_images().await?;
         let mut fresh = Vec::with_capacity(records.len());
         for rec in records {
-            let pinned = rec
-                .labels
-                .get(labels::CRI_PINNED)
-                .map(|v| v == labels::CRI_PINNED_VALUE)
-                .unwrap_or(false)
-                || self.pinned_names.contains(&rec.name);
+            let pinned = self.is_pinned(&rec);
             if let Some(info) = self.info_for(&rec).await {
                 fresh.push((rec.name, info, pinned));
             }

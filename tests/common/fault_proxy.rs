@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What to do to a matching response.
 #[derive(Clone, Debug)]
@@ -99,8 +99,7 @@ pub struct FaultProxy {
     /// "127.0.0.1:PORT"
     pub addr: String,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::common::loopback::LoopbackServer,
 }
 
 impl FaultProxy {
@@ -117,42 +116,17 @@ impl FaultProxy {
                 .build()
                 .unwrap(),
         });
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std_listener.set_nonblocking(true).unwrap();
-        let port = std_listener.local_addr().unwrap().port();
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let sh = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                let mut tasks = Vec::new();
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        acc = listener.accept() => {
-                            if let Ok((sock, _)) = acc {
-                                let sh = sh.clone();
-                                tasks.push(tokio::spawn(async move { let _ = serve_conn(sh, sock).await; }));
-                            }
-                        }
-                    }
-                }
-                for t in tasks {
-                    t.abort();
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
+        let server = crate::common::loopback::LoopbackServer::start(move |sock| {
+            let sh = sh.clone();
+            async move {
+                let _ = serve_conn(sh, sock).await;
+            }
         });
         FaultProxy {
-            addr: format!("127.0.0.1:{port}"),
+            addr: server.addr(),
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -185,17 +159,6 @@ impl FaultProxy {
             .into_iter()
             .filter(|e| e.path.split('?').next().unwrap_or("").ends_with(&suffix))
             .collect()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod containerd;
 pub mod daemon;
 pub mod image;
+pub mod loopback;
 pub mod push;
 pub mod registry;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 struct Shared {
     upstream: String,
@@ -26,8 +26,7 @@ pub struct StallProxy {
     /// "127.0.0.1:PORT"
     pub addr: String,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::common::loopback::LoopbackServer,
 }
 
 impl StallProxy {
@@ -42,44 +41,17 @@ impl StallProxy {
             stalls: AtomicUsize::new(0),
             parked: Mutex::new(Vec::new()),
         });
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std_listener.set_nonblocking(true).unwrap();
-        let port = std_listener.local_addr().unwrap().port();
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let sh = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                let mut tasks = Vec::new();
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        acc = listener.accept() => {
-                            let Ok((client, _)) = acc else { continue };
-                            let sh = sh.clone();
-                            tasks.push(tokio::spawn(async move { let _ = handle(client, sh).await; }));
-                        }
-                    }
-                }
-                for t in tasks {
-                    t.abort();
-                }
-                for t in sh.parked.lock().unwrap().drain(..) {
-                    t.abort();
-                }
-            });
-            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        let server = crate::common::loopback::LoopbackServer::start(move |sock| {
+            let sh = sh.clone();
+            async move {
+                let _ = handle(sock, sh).await;
+            }
         });
         StallProxy {
-            addr: format!("127.0.0.1:{port}"),
+            addr: server.addr(),
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -89,19 +61,9 @@ impl StallProxy {
     }
 
     /// Turn stalling on/off for requests that start from now on.
+    #[allow(dead_code)] // used by some test binaries only
     pub fn set_enabled(&self, on: bool) {
         self.shared.enabled.store(on, Ordering::SeqCst);
-    }
-}
-
-impl Drop for StallProxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
