@@ -1,26 +1,55 @@
 #!/usr/bin/env bash
-# Install the system packages cri-imaged builds and tests with (Debian 12),
-# only when something is missing. Safe to run again.
+# Install the Debian 12 packages cri-imaged needs, only when something is
+# missing. Safe to run again.
+#
+#   scripts/install-deps.sh          what running needs: containerd, protoc (build)
+#   scripts/install-deps.sh --test   also what the tests need: docker-registry,
+#                                    skopeo, promtool, htpasswd, the Go and Python
+#                                    gRPC client toolchains, busybox-static
+#
+# Packages are installed without starting their services (a temporary
+# policy-rc.d denies every start), so nothing on the machine is started,
+# stopped or killed by this script.
 set -euo pipefail
+TEST=0; [ "${1:-}" = "--test" ] && TEST=1
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-have protoc          || need+=(protobuf-compiler)
-have containerd      || need+=(containerd)
-have docker-registry || need+=(docker-registry)
-have skopeo          || need+=(skopeo)
-have promtool        || need+=(prometheus)
-have htpasswd        || need+=(apache2-utils)
-have unzip           || need+=(unzip)
-have openssl         || need+=(openssl)
-have mount           || need+=(mount)
+pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+have protoc     || need+=(protobuf-compiler)
+have containerd || need+=(containerd)
+have openssl    || need+=(openssl)
+have mount      || need+=(mount)
+if [ "$TEST" = 1 ]; then
+  have docker-registry || need+=(docker-registry)
+  have skopeo          || need+=(skopeo)
+  have promtool        || need+=(prometheus)
+  have htpasswd        || need+=(apache2-utils)
+  have unzip           || need+=(unzip)
+  have curl            || need+=(curl)
+  have file            || need+=(file)
+  # tests/real_clients.rs: grpc-go client from Debian's Go packages, grpcio in a venv
+  have go                 || need+=(golang-go)
+  have protoc-gen-go      || need+=(protoc-gen-go)
+  have protoc-gen-go-grpc || need+=(protoc-gen-go-grpc)
+  # grpc-go 1.33 over golang/protobuf 1.5 (the APIv2 shim), so that its codec
+  # decodes the APIv2 messages protoc-gen-go 1.28 generates, as kubelet's does.
+  pkg golang-google-grpc-dev                || need+=(golang-google-grpc-dev)
+  pkg golang-github-golang-protobuf-1-5-dev || need+=(golang-github-golang-protobuf-1-5-dev)
+  pkg golang-google-protobuf-dev            || need+=(golang-google-protobuf-dev)
+  python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+  [ -x /bin/busybox ] && pkg busybox-static || need+=(busybox-static)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "install-deps: installing ${need[*]}" >&2
+  # Deny service starts during the install (invoke-rc.d honours policy-rc.d);
+  # an existing policy-rc.d is kept and restored.
+  POLICY=/usr/sbin/policy-rc.d; BACKUP=""
+  if [ -e "$POLICY" ]; then BACKUP="$(mktemp)"; $SUDO cp -p "$POLICY" "$BACKUP"; fi
+  restore() { if [ -n "$BACKUP" ]; then $SUDO mv "$BACKUP" "$POLICY"; else $SUDO rm -f "$POLICY"; fi; }
+  trap restore EXIT
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null; $SUDO chmod 0755 "$POLICY"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# The prometheus package starts a server on install; we only want promtool.
-if have systemctl && systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
-pkill -x prometheus 2>/dev/null || true
-pkill -f "docker-registry serve /etc/docker/registry" 2>/dev/null || true
 have cargo || { echo "install-deps: cargo is missing: install Rust with rustup first" >&2; exit 1; }

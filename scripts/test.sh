@@ -5,7 +5,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --test
 export CARGO_TERM_COLOR=never
 cargo build --locked --all-targets
 # Integration tests run containerd instances; two at a time suits 2 cores.

@@ -16,11 +16,16 @@ pub struct FsUsage {
     pub timestamp_ns: i64,
 }
 
+/// After a pull or removal, wait this long for more changes before sampling,
+/// so a burst of pulls costs one sample, not one each.
+const CHANGE_DEBOUNCE: Duration = Duration::from_millis(100);
+
 pub struct ImageFs {
     cd: Containerd,
     snapshotter: String,
     mountpoint: PathBuf,
     last: RwLock<FsUsage>,
+    changed: tokio::sync::Notify,
 }
 
 impl ImageFs {
@@ -34,6 +39,7 @@ impl ImageFs {
             snapshotter,
             mountpoint,
             last: RwLock::new(last),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -43,7 +49,17 @@ impl ImageFs {
 
     /// The latest sample.
     pub fn current(&self) -> FsUsage {
-        self.last.read().unwrap().clone()
+        self.last
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Something changed the snapshots (a pull or a removal finished): sample
+    /// again soon (debounced) instead of at the next interval, so ImageFsInfo
+    /// reflects what was just done.
+    pub fn changed(&self) {
+        self.changed.notify_one();
     }
 
     /// Take one sample now.
@@ -70,17 +86,23 @@ impl ImageFs {
             inodes_used: inodes,
             timestamp_ns: ts,
         };
-        *self.last.write().unwrap() = u.clone();
+        *self
+            .last
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = u.clone();
         Ok(u)
     }
 
-    /// Sample forever at `interval`.
+    /// Sample forever: every `interval`, and shortly after each [`changed`](Self::changed).
     pub async fn run(self: Arc<Self>, interval: Duration) {
         loop {
             if let Err(e) = self.sample().await {
                 tracing::debug!(error = %e, "imagefs sample failed; keeping the previous one");
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.changed.notified() => tokio::time::sleep(CHANGE_DEBOUNCE).await,
+            }
         }
     }
 }

@@ -498,6 +498,55 @@ async fn image_fs_info_reports_the_snapshotter_root() {
     assert!(u2.timestamp > u.timestamp);
 }
 
+/// A pull or a removal is reflected by ImageFsInfo right away, not at the next
+/// periodic sample (here an hour away).
+#[tokio::test(flavor = "multi_thread")]
+async fn image_fs_info_is_resampled_after_pull_and_remove() {
+    let env = TestEnv::start();
+    let img = ImageBuilder::new()
+        .layer(base_layer(), Compression::Gzip)
+        .layer(Layer::random(512 * 1024, 52), Compression::Gzip)
+        .build();
+    env.push("fs/resample", Some("v1"), &img).await;
+    let d = CriImaged::start_with(&env.containerd, "imagefs_sample_interval: 1h");
+    d.wait_synced().await;
+    let mut c = d.client().await;
+    let used = |u: &cri::FilesystemUsage| u.used_bytes.as_ref().map(|b| b.value).unwrap_or(0);
+    let before = used(&fs_info(&mut c).await);
+
+    let id = pull(&mut c, &env.image_ref("fs/resample", "v1"))
+        .await
+        .expect("pull");
+    let mut after_pull = 0;
+    for _ in 0..60 {
+        after_pull = used(&fs_info(&mut c).await);
+        if after_pull >= before + 512 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        after_pull >= before + 512 * 1024,
+        "ImageFsInfo after the pull: {after_pull} bytes (before: {before})"
+    );
+
+    c.remove_image(cri::RemoveImageRequest { image: spec(&id) })
+        .await
+        .expect("remove");
+    let mut after_remove = after_pull;
+    for _ in 0..60 {
+        after_remove = used(&fs_info(&mut c).await);
+        if after_remove < after_pull {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        after_remove < after_pull,
+        "ImageFsInfo after the removal: {after_remove} bytes (after the pull: {after_pull})"
+    );
+}
+
 // ---------------------------------------------------------------- containerd outage
 
 #[tokio::test(flavor = "multi_thread")]

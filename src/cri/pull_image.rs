@@ -48,6 +48,9 @@ pub async fn handle(
         None => pull.await,
     }
     .map_err(|e| error::pull(&image, &e))?;
+    if !report.already_present {
+        svc.imagefs.changed();
+    }
     Ok(cri::PullImageResponse {
         image_ref: report.image_id,
     })

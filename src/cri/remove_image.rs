@@ -33,6 +33,7 @@ pub async fn handle(
     }
     svc.store.forget(&names);
     svc.metrics.removals.inc();
+    svc.imagefs.changed();
     tracing::info!(image_id = %view.info.id, records = names.len(), "image removed");
     Ok(cri::RemoveImageResponse {})
 }

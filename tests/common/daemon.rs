@@ -20,10 +20,23 @@ pub struct CriImaged {
     child: Option<Child>,
 }
 
+/// The daemon under test: this build's binary, or `CRI_IMAGED_TEST_BIN` (to run
+/// a test against another build, e.g. to show that a test fails without a fix).
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os("CRI_IMAGED_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cri-imaged")))
+}
+
 /// Extra YAML lines for the daemon config.
 pub fn daemon_config(c: &Containerd, dir: &Path, metrics_addr: &str, extra: &str) -> String {
+    let sample = if extra.contains("imagefs_sample_interval:") {
+        ""
+    } else {
+        "imagefs_sample_interval: 200ms\n"
+    };
     format!(
-        "listen: {sock}\ncontainerd_address: {cd}\ncontainerd_root: {root}\nsnapshotter: {snap}\nregistry_config_path: {certs}\nmetrics_address: \"{metrics_addr}\"\nimagefs_sample_interval: 200ms\nlog_level: \"info,cri_imaged=debug\"\n{extra}\n",
+        "listen: {sock}\ncontainerd_address: {cd}\ncontainerd_root: {root}\nsnapshotter: {snap}\nregistry_config_path: {certs}\nmetrics_address: \"{metrics_addr}\"\n{sample}log_level: \"info,cri_imaged=debug\"\n{extra}\n",
         sock = dir.join("cri.sock").display(),
         cd = c.socket.display(),
         root = c.root.display(),
@@ -61,7 +74,7 @@ impl CriImaged {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
+        let child = Command::new(daemon_binary())
             .args(["serve", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
