@@ -18,7 +18,7 @@ for t in critest crictl; do
 done
 WORK="$(mktemp -d /tmp/cri-imaged-critest.XXXXXX)"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/local-env.sh"
-trap 'env_cleanup; rm -rf "$WORK"' EXIT
+trap 'env_cleanup; rm -rf "$WORK" || true' EXIT
 BIN="${CRI_IMAGED_BIN:-}"
 if [ -z "$BIN" ]; then (cd "$REPO" && cargo build --locked --release -q); BIN="$REPO/target/release/cri-imaged"; fi
 
@@ -45,6 +45,7 @@ grep -qE "^SUCCESS!|0 Failed" "$WORK/critest.log" || { echo "critest failed:"; t
 
 echo "== crictl walk-through"
 A="$REG_auth"
+map_host "$CERTS_D" "$A" "$A"
 push_image "$A/demo/app:v1" --creds alice:wonder-land --user 1002 --seed app >/dev/null
 DIGEST="$(push_image "$A/demo/other:v1" --creds alice:wonder-land --seed other)"
 C=(crictl --timeout 60s --image-endpoint "unix://$CRI_SOCK")
@@ -55,8 +56,10 @@ if "${C[@]}" pull "$A/demo/app:v1" >"$WORK/noauth.log" 2>&1; then echo "pull wit
 echo "\$ crictl pull $A/demo/app:v1   (no credentials)"; cat "$WORK/noauth.log"
 run images
 run images --digests
-run inspecti "$A/demo/app:v1" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print({k: s[k] for k in ("id","repoTags","repoDigests","size","uid")})'
+echo "\$ crictl inspecti $A/demo/app:v1   (fields of interest)"
+"${C[@]}" inspecti "$A/demo/app:v1" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print({k: s[k] for k in ("id","repoTags","repoDigests","size","uid")})'
 run imagefsinfo
+"${C[@]}" imagefsinfo | python3 -c 'import json,sys; u=json.load(sys.stdin)["status"]["imageFilesystems"][0]; assert int(u["usedBytes"]["value"]) > 0, u' 
 run rmi "$A/demo/app:v1"
 run rmi "$A/demo/other@$DIGEST"
 run images

@@ -31,8 +31,9 @@ cleanup() {
   for s in "${SYSCTLS[@]}"; do sysctl -qw "$s=${SAVED[$s]}" || true; done
   # containers kubelet started (runc state under the managed containerd)
   pkill -f "$WORK/containerd" 2>/dev/null || true
-  grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  [ -n "$KEEP" ] || rm -rf "$WORK"
+  grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done || true
+  [ -n "$KEEP" ] || rm -rf "$WORK" || true
+  return 0
 }
 trap cleanup EXIT
 BIN="${CRI_IMAGED_BIN:-}"
