@@ -43,6 +43,7 @@ start_registry e2e
 start_cri_imaged "$BIN"
 R="$REG_e2e"
 map_host "$CERTS_D" registry.k8s.io "$R"
+map_host "$CERTS_D" "$R" "$R"
 push_image "$R/pause:3.6" --busybox "$BUSYBOX" --entrypoint /bin/sleep --cmd infinity --seed pause >/dev/null
 push_image "$R/pause:3.9" --busybox "$BUSYBOX" --entrypoint /bin/sleep --cmd infinity --seed pause >/dev/null
 push_image "$R/e2e/app:v1" --busybox "$BUSYBOX" --cmd /bin/sh,-c,'echo app up; exec sleep 3600' --seed app >/dev/null

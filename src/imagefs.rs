@@ -2,7 +2,9 @@
 //! containerd's CRI does it (sum of every snapshot's usage), answered from cache.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::containerd::Containerd;
@@ -51,7 +53,6 @@ impl ImageFs {
     pub fn current(&self) -> FsUsage {
         self.last
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
@@ -86,10 +87,7 @@ impl ImageFs {
             inodes_used: inodes,
             timestamp_ns: ts,
         };
-        *self
-            .last
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = u.clone();
+        *self.last.write() = u.clone();
         Ok(u)
     }
 

@@ -132,6 +132,27 @@ impl ConfigFile {
     }
 }
 
+/// The `Accept` header of a manifest request: every document kind we read,
+/// schema 1 last (it is refused with a clear error, not a 404).
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, application/vnd.docker.distribution.manifest.v1+json;q=0.5";
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// `algo:hex` of `data` for the algorithms a registry may name (sha256,
+/// sha512); None for others.
+pub fn digest_of(algo: &str, data: &[u8]) -> Option<String> {
+    use sha2::Digest as _;
+    match algo {
+        "sha256" => Some(sha256_digest(data)),
+        "sha512" => Some(format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))),
+        _ => None,
+    }
+}
+
 /// What a manifest-ish document is.
 #[derive(Debug, Clone)]
 pub enum Document {

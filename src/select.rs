@@ -12,7 +12,7 @@
 //!   os/architecture/variant, a nested index by the manifest it selects; an
 //!   entry that cannot be read or is neither is no candidate;
 //! - the best match by the node's preference order wins (first on ties);
-//! - nesting deeper than [`MAX_INDEX_DEPTH`] is refused.
+//! - nesting deeper than [`MAX_INDEX_DEPTH`] is refused as an invalid index.
 
 use bytes::Bytes;
 
@@ -22,15 +22,21 @@ use crate::platform::{self, Matcher, Platform, PlatformError};
 /// Indexes nested deeper than this are refused (a loop guard; real images nest at most once).
 pub const MAX_INDEX_DEPTH: usize = 4;
 
-/// Where documents (indexes, manifests, configs) are read from.
+/// Where documents are read from: the registry for a pull, containerd's
+/// content store for the index.
 pub trait BlobSource {
     type Error: std::fmt::Display;
-    /// The bytes of `desc` (at most [`manifest::MAX_DOCUMENT_BYTES`]) and the
-    /// media type the source reports for them ("" when it has none).
-    fn read(
+    /// An index or manifest: its bytes (at most [`manifest::MAX_DOCUMENT_BYTES`])
+    /// and the media type the source reports for them ("" when it has none).
+    fn document(
         &self,
         desc: &Descriptor,
     ) -> impl std::future::Future<Output = Result<(String, Bytes), Self::Error>> + Send;
+    /// A config blob (at most [`manifest::MAX_DOCUMENT_BYTES`]).
+    fn config(
+        &self,
+        desc: &Descriptor,
+    ) -> impl std::future::Future<Output = Result<Bytes, Self::Error>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +47,14 @@ pub enum SelectError<E> {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Platform(#[from] PlatformError),
-    #[error("index {0} nests more than {MAX_INDEX_DEPTH} indexes deep")]
-    TooDeep(String),
+}
+
+fn too_deep(digest: &str) -> ManifestError {
+    ManifestError::Invalid {
+        what: "index",
+        digest: digest.to_string(),
+        message: format!("indexes nest more than {MAX_INDEX_DEPTH} deep"),
+    }
 }
 
 /// A document as read: its descriptor (media type sniffed, size = bytes read) and bytes.
@@ -82,9 +94,9 @@ impl Selected {
     }
 }
 
-/// Read `desc` from `src` as a document descriptor with its effective media type.
-async fn read_doc<S: BlobSource>(src: &S, desc: &Descriptor) -> Result<Doc, SelectError<S::Error>> {
-    let (served, bytes) = src.read(desc).await.map_err(SelectError::Source)?;
+/// Read the index or manifest `desc` from `src`, with its effective media type.
+pub async fn read_doc<S: BlobSource>(src: &S, desc: &Descriptor) -> Result<Doc, SelectError<S::Error>> {
+    let (served, bytes) = src.document(desc).await.map_err(SelectError::Source)?;
     let served = if served.is_empty() { &desc.media_type } else { &served };
     let media_type = manifest::sniff_media_type(served, &bytes);
     Ok(Doc {
@@ -110,8 +122,12 @@ pub async fn select_manifest<S: BlobSource + Sync>(
     loop {
         match manifest::parse(&doc.desc.media_type, &doc.desc.digest, &doc.bytes)? {
             Document::Manifest(m) => {
-                let config_doc = read_doc(src, &m.config).await?;
-                let config = manifest::parse_config(&m.config.digest, &config_doc.bytes)?;
+                let bytes = src.config(&m.config).await.map_err(SelectError::Source)?;
+                let config = manifest::parse_config(&m.config.digest, &bytes)?;
+                let config_doc = Doc {
+                    desc: m.config.clone(),
+                    bytes,
+                };
                 return Ok(Selected {
                     indexes,
                     manifest_doc: doc,
@@ -122,7 +138,7 @@ pub async fn select_manifest<S: BlobSource + Sync>(
             }
             Document::Index(idx) => {
                 if indexes.len() >= MAX_INDEX_DEPTH {
-                    return Err(SelectError::TooDeep(doc.desc.digest.clone()));
+                    return Err(too_deep(&doc.desc.digest).into());
                 }
                 let chosen = choose_entry(src, matcher, &idx, 1).await?;
                 let next = read_doc(src, &idx.manifests[chosen]).await?;
@@ -162,8 +178,8 @@ async fn derived_platform<S: BlobSource + Sync>(
     let doc = read_doc(src, d).await.ok()?;
     match manifest::parse(&doc.desc.media_type, &d.digest, &doc.bytes).ok()? {
         Document::Manifest(m) => {
-            let c = read_doc(src, &m.config).await.ok()?;
-            Some(manifest::parse_config(&m.config.digest, &c.bytes).ok()?.platform())
+            let c = src.config(&m.config).await.ok()?;
+            Some(manifest::parse_config(&m.config.digest, &c).ok()?.platform())
         }
         Document::Index(nested) => {
             if depth >= MAX_INDEX_DEPTH {
@@ -232,12 +248,15 @@ mod tests {
 
     impl BlobSource for Mem {
         type Error = String;
-        async fn read(&self, d: &Descriptor) -> Result<(String, Bytes), String> {
+        async fn document(&self, d: &Descriptor) -> Result<(String, Bytes), String> {
             self.reads.lock().unwrap().push(d.digest.clone());
             self.blobs
                 .get(&d.digest)
                 .cloned()
                 .ok_or_else(|| format!("{} not found", d.digest))
+        }
+        async fn config(&self, d: &Descriptor) -> Result<Bytes, String> {
+            Ok(self.document(d).await?.1)
         }
     }
 
@@ -321,6 +340,6 @@ mod tests {
         let e = select_manifest(&m, &amd64(), m.top(&d).await)
             .await
             .unwrap_err();
-        assert!(matches!(e, SelectError::TooDeep(_)), "{e}");
+        assert!(matches!(&e, SelectError::Manifest(ManifestError::Invalid { what: "index", .. })), "{e}");
     }
 }

@@ -404,23 +404,13 @@ impl Containerd {
 
     // ---- leases ----
 
-    pub async fn create_lease(&self, id: &str, expire: Duration) -> Result<()> {
-        self.create_lease_opts(id, expire, true).await
-    }
-
-    /// A lease whose resources also keep what they reference (gc.ref labels:
-    /// manifest -> config, layers, snapshot); `create_lease` makes flat ones.
-    pub async fn create_lease_deep(&self, id: &str, expire: Duration) -> Result<()> {
-        self.create_lease_opts(id, expire, false).await
-    }
-
-    async fn create_lease_opts(&self, id: &str, expire: Duration, flat: bool) -> Result<()> {
+    async fn create_lease(&self, id: &str, expire: Duration, kind: LeaseKind) -> Result<()> {
         let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
         let when = std::time::SystemTime::now() + expire;
         let rfc3339 = humantime::format_rfc3339_seconds(when).to_string();
         let mut labels = HashMap::new();
         labels.insert(labels::GC_EXPIRE.to_string(), rfc3339);
-        if flat {
+        if kind == LeaseKind::Flat {
             labels.insert(labels::GC_FLAT.to_string(), "true".to_string());
         }
         c.create(self.req(
@@ -435,7 +425,7 @@ impl Containerd {
         Ok(())
     }
 
-    pub async fn delete_lease(&self, id: &str) -> Result<()> {
+    async fn delete_lease(&self, id: &str) -> Result<()> {
         let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
         match c
             .delete(self.req(
@@ -453,16 +443,15 @@ impl Containerd {
         }
     }
 
-    /// Reference an existing resource from a lease ("content" with a digest,
-    /// or "snapshots/<snapshotter>" with a key) so GC keeps it meanwhile.
-    pub async fn lease_add(&self, lease: &str, kind: &str, id: &str) -> Result<()> {
+    /// Reference an existing resource from a lease so GC keeps it meanwhile.
+    pub async fn lease_add(&self, lease: &str, resource: LeaseResource<'_>) -> Result<()> {
         let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
         c.add_resource(self.req(
             api::AddResourceRequest {
                 id: lease.into(),
                 resource: Some(api::Resource {
-                    id: id.into(),
-                    r#type: kind.into(),
+                    id: resource.id().into(),
+                    r#type: resource.kind(),
                 }),
             },
             None,
@@ -627,5 +616,103 @@ impl Containerd {
         r.into_inner()
             .applied
             .ok_or_else(|| ContainerdError::Other("diff apply returned no descriptor".into()))
+    }
+}
+
+/// Prefix of every lease cri-imaged creates (`<prefix><pid>-<random>`).
+pub const LEASE_PREFIX: &str = "cri-imaged-pull-";
+
+/// What a lease references.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaseResource<'a> {
+    /// A blob of the content store, by digest.
+    Content(&'a str),
+    /// A snapshot, by key.
+    Snapshot { snapshotter: &'a str, key: &'a str },
+}
+
+impl LeaseResource<'_> {
+    fn kind(&self) -> String {
+        match self {
+            LeaseResource::Content(_) => "content".to_string(),
+            LeaseResource::Snapshot { snapshotter, .. } => format!("snapshots/{snapshotter}"),
+        }
+    }
+    fn id(&self) -> &str {
+        match self {
+            LeaseResource::Content(d) => d,
+            LeaseResource::Snapshot { key, .. } => key,
+        }
+    }
+}
+
+/// Whether what a lease holds also keeps what it references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// `gc.flat`: only the resources added (a pull adds everything it writes).
+    Flat,
+    /// Resources keep their gc.ref children too (manifest -> config, layers, snapshot).
+    Deep,
+}
+
+/// What happens to a lease whose guard is dropped without [`Lease::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrop {
+    /// Leave it until its `gc.expire` (a failed pull keeps its content for a resume).
+    Expire,
+    /// Delete it now (in the background).
+    Delete,
+}
+
+/// A containerd lease held by this process: created with an expiry (so a
+/// crash leaks nothing for long), released explicitly, or on drop as `OnDrop` says.
+#[must_use = "a lease protects content only while it is held"]
+pub struct Lease {
+    cd: Containerd,
+    id: String,
+    on_drop: OnDrop,
+    released: bool,
+}
+
+impl Lease {
+    pub async fn create(cd: &Containerd, kind: LeaseKind, expire: Duration, on_drop: OnDrop) -> Result<Lease> {
+        let id = format!("{LEASE_PREFIX}{}-{}", std::process::id(), rand::random::<u64>());
+        cd.create_lease(&id, expire, kind).await?;
+        Ok(Lease {
+            cd: cd.clone(),
+            id,
+            on_drop,
+            released: false,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub async fn add(&self, resource: LeaseResource<'_>) -> Result<()> {
+        self.cd.lease_add(&self.id, resource).await
+    }
+
+    /// Delete the lease now; what it held is up to containerd's GC from then on.
+    pub async fn release(mut self) {
+        self.released = true;
+        if let Err(e) = self.cd.delete_lease(&self.id).await {
+            tracing::debug!(lease = %self.id, error = %e, "lease delete failed; it expires by itself");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released || self.on_drop == OnDrop::Expire {
+            return;
+        }
+        let (cd, id) = (self.cd.clone(), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = cd.delete_lease(&id).await;
+            });
+        }
     }
 }

@@ -33,7 +33,7 @@ pub async fn handle(
             // Served from a cache keyed by the index generation: kubelet lists
             // every few seconds and the index rarely changes in between.
             let generation = svc.store.generation();
-            let cached = svc.list_cache.lock().unwrap().clone();
+            let cached = svc.list_cache.lock().clone();
             match cached {
                 Some((g, images)) if g == generation && svc.store.is_synced() => {
                     images.as_ref().clone()
@@ -47,7 +47,7 @@ pub async fn handle(
                         .map(to_cri)
                         .collect();
                     let images = Arc::new(images);
-                    *svc.list_cache.lock().unwrap() = Some((generation, images.clone()));
+                    *svc.list_cache.lock() = Some((generation, images.clone()));
                     images.as_ref().clone()
                 }
             }

@@ -32,7 +32,7 @@ pub struct ImageService {
     pub list_cache: ListCache,
 }
 
-pub type ListCache = Arc<std::sync::Mutex<Option<(u64, Arc<Vec<cri::Image>>)>>>;
+pub type ListCache = Arc<parking_lot::Mutex<Option<(u64, Arc<Vec<cri::Image>>)>>>;
 
 /// Longest accepted image string in a request.
 pub const MAX_IMAGE_LEN: usize = 4096;

@@ -13,8 +13,14 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{PullCtx, PullError};
-use crate::containerd::ContainerdError;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::{try_join, try_join_all};
+use tokio::sync::Semaphore;
+
+use super::{records, unpack, PullCtx, PullError, Puller};
+use crate::containerd::{ContainerdError, LeaseResource};
 use crate::manifest::Descriptor;
 
 /// Bytes per content write message.
@@ -314,4 +320,115 @@ pub async fn fetch_blob(
     }
     w.commit(desc, labels, ctx).await?;
     Ok(Fetched::Downloaded(size - start_offset))
+}
+
+/// One download per blob in this process, even across different images, but
+/// only for the same source and credentials: another pull's failure (say,
+/// unauthorized) must not become ours.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobKey {
+    digest: String,
+    /// `<domain>/<repo>`
+    source: String,
+    credentials: String,
+}
+
+/// What the fetch and unpack of one image's layers did.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LayersDone {
+    pub downloaded: usize,
+    pub reused: usize,
+    pub fetch: Duration,
+    /// Unpack time after the last byte arrived.
+    pub unpack: Duration,
+    /// Chain ID of the top layer ("" without layers).
+    pub top_chain: String,
+}
+
+/// Fetch every layer into the content store (bounded per pull and globally)
+/// while unpacking them in order as they arrive.
+pub(super) async fn fetch_and_unpack(
+    puller: &Arc<Puller>,
+    ctx: &Arc<PullCtx>,
+    layers: &[Descriptor],
+    diff_ids: &[String],
+) -> Result<LayersDone, PullError> {
+    let start = Instant::now();
+    let per_pull = Arc::new(Semaphore::new(puller.cfg.per_pull_downloads.max(1)));
+    let (arrived, arrivals): (Vec<_>, Vec<_>) = layers
+        .iter()
+        .map(|_| tokio::sync::oneshot::channel::<()>())
+        .unzip();
+    let fetches = layers.iter().zip(arrived).map(|(layer, arrived)| {
+        let per_pull = per_pull.clone();
+        async move {
+            let _p = per_pull.acquire_owned().await.map_err(|_| PullError::Canceled)?;
+            let _g = puller
+                .global_downloads
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| PullError::Canceled)?;
+            let r = fetch_layer(puller, ctx, layer).await?;
+            let _ = arrived.send(());
+            Ok::<Fetched, PullError>(r)
+        }
+    });
+    let fetch_all = async {
+        let r = try_join_all(fetches).await?;
+        Ok::<_, PullError>((r, start.elapsed()))
+    };
+    let unpacking = unpack::unpack(ctx, layers, diff_ids, arrivals);
+    // On failure the lease stays until it expires so a retry resumes; what
+    // was written is collected by containerd's GC after that.
+    let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;
+    let downloaded = fetched.iter().filter(|f| matches!(f, Fetched::Downloaded(_))).count();
+    Ok(LayersDone {
+        downloaded,
+        reused: fetched.len() - downloaded,
+        fetch,
+        unpack: unpack_done.saturating_sub(fetch),
+        top_chain,
+    })
+}
+
+/// One layer into the content store, sharing a download another pull of this
+/// process already runs for the same blob, source and credentials.
+async fn fetch_layer(
+    puller: &Arc<Puller>,
+    ctx: &Arc<PullCtx>,
+    layer: &Descriptor,
+) -> Result<Fetched, PullError> {
+    let key = BlobKey {
+        digest: layer.digest.clone(),
+        source: format!("{}/{}", ctx.domain, ctx.repo),
+        credentials: ctx.auth.fingerprint(),
+    };
+    let joined = puller
+        .blob_flights
+        .run(
+            key,
+            {
+                let (ctx, layer) = (ctx.clone(), layer.clone());
+                move || async move {
+                    let source = records::source_label(&ctx.domain, &ctx.repo);
+                    fetch_blob(&ctx, &layer, HashMap::from([source])).await
+                }
+            },
+            || Err(PullError::Canceled),
+        )
+        .await;
+    let mut r = joined.value?;
+    if joined.coalesced {
+        // Fetched under another pull's lease: reference it from ours too.
+        ctx.cd
+            .lease_add(&ctx.lease, LeaseResource::Content(&layer.digest))
+            .await?;
+        r = Fetched::Reused;
+    }
+    match r {
+        Fetched::Reused => ctx.metrics.layers_reused.inc(),
+        Fetched::Downloaded(_) => ctx.metrics.layers_fetched.inc(),
+    }
+    Ok(r)
 }

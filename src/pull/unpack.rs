@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{PullCtx, PullError};
-use crate::containerd::{labels, ContainerdError};
+use crate::containerd::{labels, ContainerdError, LeaseResource};
 use crate::manifest::Descriptor;
 
 /// Key prefix of our active (being extracted) snapshots:
@@ -39,8 +39,11 @@ pub async fn unpack(
     .await?;
     let mut present_up_to = exists.iter().rposition(|e| *e);
     if let Some(k) = present_up_to {
-        let kind = format!("snapshots/{}", ctx.snapshotter);
-        ctx.cd.lease_add(&ctx.lease, &kind, &chain[k]).await?;
+        let held = LeaseResource::Snapshot {
+            snapshotter: &ctx.snapshotter,
+            key: &chain[k],
+        };
+        ctx.cd.lease_add(&ctx.lease, held).await?;
         if !ctx.cd.snapshot_exists(&ctx.snapshotter, &chain[k]).await? {
             present_up_to = None;
         }

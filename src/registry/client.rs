@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -158,7 +158,7 @@ impl Transport {
             ca: ep.ca.clone(),
             client: ep.client.first().cloned(),
         };
-        if let Some(c) = self.clients.lock().unwrap().get(&key) {
+        if let Some(c) = self.clients.lock().get(&key) {
             return Ok(c.clone());
         }
         let mut b = reqwest::Client::builder()
@@ -221,7 +221,7 @@ impl Transport {
         let client = b.build().map_err(|e| {
             RegistryError::Tls(format!("building HTTP client: {}", error_chain(&e)))
         })?;
-        self.clients.lock().unwrap().insert(key, client.clone());
+        self.clients.lock().insert(key, client.clone());
         Ok(client)
     }
 
@@ -376,7 +376,7 @@ impl Transport {
             cred: t.cred_id(),
         };
         {
-            let mut toks = self.tokens.lock().unwrap();
+            let mut toks = self.tokens.lock();
             let now = Instant::now();
             if let Some((tok, exp)) = toks.get(&key) {
                 if *exp > now {
@@ -494,7 +494,7 @@ impl Transport {
             .expires_in
             .filter(|s| *s > 0)
             .unwrap_or(DEFAULT_TOKEN_TTL);
-        self.tokens.lock().unwrap().insert(
+        self.tokens.lock().insert(
             key.clone(),
             (tok.clone(), Instant::now() + Duration::from_secs(ttl)),
         );
@@ -516,7 +516,6 @@ impl Transport {
         let ch = self
             .challenges
             .lock()
-            .unwrap()
             .get(&(t.ep_host.clone(), t.cred_id()))
             .cloned();
         match ch {
@@ -574,7 +573,7 @@ impl Transport {
                 // remember it under this repository's pull scope too, so the
                 // next request can be authorized up front.
                 if let Some(k) = token_key.filter(|k| k.scope != scope) {
-                    let mut toks = self.tokens.lock().unwrap();
+                    let mut toks = self.tokens.lock();
                     if let Some(v) = toks.get(&k).cloned() {
                         toks.insert(
                             TokenKey {
@@ -588,7 +587,7 @@ impl Transport {
                 return Ok(resp);
             }
             if let Some(k) = token_key.take() {
-                self.tokens.lock().unwrap().remove(&k);
+                self.tokens.lock().remove(&k);
             }
             if challenged {
                 return Err(Self::unauthorized(t));
@@ -609,13 +608,13 @@ impl Transport {
             }
             let cache_key = (t.ep_host.clone(), t.cred_id());
             {
-                let mut chs = self.challenges.lock().unwrap();
+                let mut chs = self.challenges.lock();
                 if chs.len() > 4096 {
                     chs.clear();
                 }
             }
             if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
-                self.challenges.lock().unwrap().insert(cache_key, b.clone());
+                self.challenges.lock().insert(cache_key, b.clone());
                 let sc = b
                     .params
                     .get("scope")
@@ -628,7 +627,7 @@ impl Transport {
                 continue;
             }
             if let Some(b) = challenges.iter().find(|c| c.scheme == "basic") {
-                self.challenges.lock().unwrap().insert(cache_key, b.clone());
+                self.challenges.lock().insert(cache_key, b.clone());
                 match t.creds.as_ref().filter(|c| c.has_basic()) {
                     Some(c) => {
                         authz = Some(c.basic_header());

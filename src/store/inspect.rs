@@ -1,10 +1,13 @@
-//! What an image record's target means on this node: the platform's manifest,
-//! its config (the image ID), size, user and chain ID, read from containerd's
-//! content store.
+//! What an image record's target means on this node: the platform's manifest
+//! (chosen by [`crate::select`], the same walk a pull makes), its config (the
+//! image ID), size, user and chain ID, read from containerd's content store.
+
+use bytes::Bytes;
 
 use crate::containerd::{Containerd, ContainerdError};
-use crate::manifest::{self, Document, MAX_DOCUMENT_BYTES};
+use crate::manifest::{self, Descriptor, MAX_DOCUMENT_BYTES};
 use crate::platform::{self, Matcher, Platform};
+use crate::select::{read_doc, select_manifest, BlobSource, SelectError, Selected};
 
 /// Everything the CRI needs to know about one image, for this node.
 #[derive(Debug, Clone)]
@@ -48,23 +51,28 @@ pub enum InspectError {
     Platform(#[from] platform::PlatformError),
 }
 
-/// Choose this node's manifest within an index. `derived[i]` is the platform
-/// read from entry i's config, used when the entry itself names none.
-pub fn choose(
-    matcher: &Matcher,
-    index: &manifest::Index,
-    derived: &[Option<Platform>],
-) -> Result<usize, platform::PlatformError> {
-    let entries: Vec<Option<Platform>> = index
-        .manifests
-        .iter()
-        .enumerate()
-        .map(|(i, d)| match &d.platform {
-            Some(p) => Some(p.to_platform()),
-            None => derived.get(i).cloned().flatten(),
-        })
-        .collect();
-    platform::select(matcher, &entries)
+/// containerd's content store as a [`BlobSource`]: what the index reads.
+pub struct ContentStore<'a>(pub &'a Containerd);
+
+impl BlobSource for ContentStore<'_> {
+    type Error = ContainerdError;
+    async fn document(&self, desc: &Descriptor) -> Result<(String, Bytes), ContainerdError> {
+        let b = self.0.read_blob(&desc.digest, MAX_DOCUMENT_BYTES).await?;
+        Ok((String::new(), b))
+    }
+    async fn config(&self, desc: &Descriptor) -> Result<Bytes, ContainerdError> {
+        self.0.read_blob(&desc.digest, MAX_DOCUMENT_BYTES).await
+    }
+}
+
+impl From<SelectError<ContainerdError>> for InspectError {
+    fn from(e: SelectError<ContainerdError>) -> Self {
+        match e {
+            SelectError::Source(e) => InspectError::Containerd(e),
+            SelectError::Manifest(e) => InspectError::Manifest(e),
+            SelectError::Platform(e) => InspectError::Platform(e),
+        }
+    }
 }
 
 /// Inspect a record target stored in containerd.
@@ -74,79 +82,38 @@ pub async fn inspect(
     target_media_type: &str,
     target_digest: &str,
 ) -> Result<ImageInfo, InspectError> {
-    let bytes = cd.read_blob(target_digest, MAX_DOCUMENT_BYTES).await?;
-    let media_type = manifest::sniff_media_type(target_media_type, &bytes);
-    let mut size = 0u64;
-    let (manifest_digest, manifest) = match manifest::parse(&media_type, target_digest, &bytes)? {
-        Document::Manifest(m) => (target_digest.to_string(), m),
-        Document::Index(idx) => {
-            size += bytes.len() as u64;
-            // Platforms of entries without one, from their configs (rare; sequential is fine).
-            let mut derived: Vec<Option<Platform>> = Vec::new();
-            for d in &idx.manifests {
-                if d.platform.is_none() {
-                    derived.push(config_platform_of(cd, d).await);
-                } else {
-                    derived.push(None);
-                }
-            }
-            let i = choose(matcher, &idx, &derived)?;
-            let d = &idx.manifests[i];
-            let mb = cd.read_blob(&d.digest, MAX_DOCUMENT_BYTES).await?;
-            let mt = manifest::sniff_media_type(&d.media_type, &mb);
-            match manifest::parse(&mt, &d.digest, &mb)? {
-                Document::Manifest(m) => {
-                    size += mb.len() as u64;
-                    (d.digest.clone(), m)
-                }
-                Document::Index(_) => {
-                    return Err(manifest::ManifestError::Unsupported {
-                        media_type: mt,
-                        digest: d.digest.clone(),
-                    }
-                    .into())
-                }
-            }
-        }
+    let src = ContentStore(cd);
+    let top = Descriptor {
+        media_type: target_media_type.to_string(),
+        digest: target_digest.to_string(),
+        ..Default::default()
     };
-    if manifest_digest == target_digest {
-        size += bytes.len() as u64;
-    }
-    let cfg_bytes = cd
-        .read_blob(&manifest.config.digest, MAX_DOCUMENT_BYTES)
-        .await?;
-    let cfg = manifest::parse_config(&manifest.config.digest, &cfg_bytes)?;
-    size += cfg_bytes.len() as u64;
-    size += manifest
-        .layers
-        .iter()
-        .map(|l| l.size.max(0) as u64)
-        .sum::<u64>();
-    let chain = crate::reference::chain_id(cfg.diff_ids());
-    Ok(ImageInfo {
-        id: manifest.config.digest.clone(),
-        target: target_digest.to_string(),
-        target_media_type: media_type.clone(),
-        target_size: bytes.len() as i64,
-        manifest: manifest_digest,
-        size,
-        user: cfg.user().to_string(),
-        platform: cfg.platform(),
-        chain_id: chain.last().cloned().unwrap_or_default(),
-        config_raw: cfg_bytes.clone(),
-    })
+    let top = read_doc(&src, &top).await?;
+    let s = select_manifest(&src, matcher, top).await?;
+    Ok(ImageInfo::of(&s))
 }
 
-pub async fn config_platform_of(cd: &Containerd, d: &manifest::Descriptor) -> Option<Platform> {
-    let mb = cd.read_blob(&d.digest, MAX_DOCUMENT_BYTES).await.ok()?;
-    let mt = manifest::sniff_media_type(&d.media_type, &mb);
-    let Document::Manifest(m) = manifest::parse(&mt, &d.digest, &mb).ok()? else {
-        return None;
-    };
-    let cb = cd
-        .read_blob(&m.config.digest, MAX_DOCUMENT_BYTES)
-        .await
-        .ok()?;
-    let cfg = manifest::parse_config(&m.config.digest, &cb).ok()?;
-    Some(cfg.platform())
+impl ImageInfo {
+    /// What the CRI shows of a selected image.
+    pub fn of(s: &Selected) -> ImageInfo {
+        let top = s.top();
+        // index(es) (if any) + manifest + config + layers
+        let size = s.indexes.iter().map(|i| i.doc.bytes.len() as u64).sum::<u64>()
+            + s.manifest_doc.bytes.len() as u64
+            + s.config_doc.bytes.len() as u64
+            + s.manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+        let chain = crate::reference::chain_id(s.config.diff_ids());
+        ImageInfo {
+            id: s.manifest.config.digest.clone(),
+            target: top.desc.digest.clone(),
+            target_media_type: top.desc.media_type.clone(),
+            target_size: top.bytes.len() as i64,
+            manifest: s.manifest_doc.desc.digest.clone(),
+            size,
+            user: s.config.user().to_string(),
+            platform: s.config.platform(),
+            chain_id: chain.last().cloned().unwrap_or_default(),
+            config_raw: s.config_doc.bytes.clone(),
+        }
+    }
 }

@@ -8,7 +8,9 @@ mod resolve;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,6 +29,15 @@ pub struct ImageView {
     pub records: Vec<String>,
     pub repo_tags: Vec<String>,
     pub repo_digests: Vec<String>,
+    pub pinned: bool,
+}
+
+/// What the index knows of one record name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordState {
+    pub image_id: String,
+    /// Digest of the record's target (index or manifest).
+    pub target: String,
     pub pinned: bool,
 }
 
@@ -165,12 +176,12 @@ impl Store {
     /// All images, in ID order.
     pub fn list(&self) -> Result<Vec<ImageView>, StoreError> {
         self.check_synced()?;
-        let idx = self.index.read().unwrap();
+        let idx = self.index.read();
         Ok(idx.by_id.keys().filter_map(|id| idx.view(id)).collect())
     }
 
     pub fn len(&self) -> usize {
-        self.index.read().unwrap().by_id.len()
+        self.index.read().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -180,7 +191,7 @@ impl Store {
     /// Resolve a user's image string (tag, digest ref, ID, short ID).
     pub fn resolve(&self, query: &str) -> Result<Option<ImageView>, ResolveError> {
         self.check_synced().map_err(ResolveError::Store)?;
-        let idx = self.index.read().unwrap();
+        let idx = self.index.read();
         let id = resolve::resolve(
             query,
             |name| idx.records.get(name).map(|r| r.id.clone()),
@@ -199,17 +210,19 @@ impl Store {
         Ok(id.and_then(|id| idx.view(&id)))
     }
 
-    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+    fn write_index(&self) -> parking_lot::RwLockWriteGuard<'_, Index> {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.index.write().unwrap()
+        self.index.write()
     }
 
     /// A record's (image ID, target digest, pinned), if it is in the index.
-    pub fn record(&self, name: &str) -> Option<(String, String, bool)> {
-        let idx = self.index.read().unwrap();
-        idx.records
-            .get(name)
-            .map(|r| (r.id.clone(), r.target.clone(), r.pinned))
+    pub fn record(&self, name: &str) -> Option<RecordState> {
+        let idx = self.index.read();
+        idx.records.get(name).map(|r| RecordState {
+            image_id: r.id.clone(),
+            target: r.target.clone(),
+            pinned: r.pinned,
+        })
     }
 
     /// Changes whenever the index changes (for response caches).
@@ -219,7 +232,7 @@ impl Store {
 
     /// The image a record name points to, if any.
     pub fn get_by_record(&self, name: &str) -> Option<ImageView> {
-        let idx = self.index.read().unwrap();
+        let idx = self.index.read();
         let id = idx.records.get(name)?.id.clone();
         idx.view(&id)
     }
@@ -245,13 +258,13 @@ impl Store {
 
     async fn info_for(&self, rec: &ImageRecord) -> Option<Arc<ImageInfo>> {
         let target = rec.target.as_ref()?;
-        if let Some(i) = self.cache.read().unwrap().get(&target.digest) {
+        if let Some(i) = self.cache.read().get(&target.digest) {
             return Some(i.clone());
         }
         match inspect::inspect(&self.cd, &self.matcher, &target.media_type, &target.digest).await {
             Ok(info) => {
                 let info = Arc::new(info);
-                let mut c = self.cache.write().unwrap();
+                let mut c = self.cache.write();
                 if c.len() > 50_000 {
                     c.clear();
                 }
