@@ -182,32 +182,48 @@ struct Probe {
     manifests: Option<serde_json::Value>,
     #[serde(default)]
     config: Option<serde_json::Value>,
+    #[serde(default)]
+    layers: Option<serde_json::Value>,
     #[serde(rename = "fsLayers", default)]
     fs_layers: Option<serde_json::Value>,
+    #[serde(default)]
+    signatures: Option<serde_json::Value>,
 }
 
-/// The effective media type of a document: the served type when specific,
-/// else the document's own `mediaType`, else guessed from its shape.
+/// The effective media type of a document: the served (or descriptor's) type
+/// when it names a document kind we know, else the document's own
+/// `mediaType`, else guessed from its shape (schema 1, index, manifest), else
+/// the served type as given. Registries often serve `application/json`,
+/// `text/plain` or nothing at all.
 pub fn sniff_media_type(served: &str, bytes: &[u8]) -> String {
-    let served = served.split(';').next().unwrap_or("").trim();
-    if is_index(served) || is_manifest(served) || is_schema1(served) {
-        return served.to_string();
+    let served = served
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if is_index(&served) || is_manifest(&served) || is_schema1(&served) {
+        return served;
     }
     let Ok(p) = serde_json::from_slice::<Probe>(bytes) else {
-        return served.to_string();
+        return served;
     };
     if p.schema_version == Some(1) || p.fs_layers.is_some() {
-        return DOCKER_SCHEMA1.to_string();
+        return if p.signatures.is_some() {
+            DOCKER_SCHEMA1_SIGNED.to_string()
+        } else {
+            DOCKER_SCHEMA1.to_string()
+        };
     }
-    if let Some(mt) = p.media_type {
+    if let Some(mt) = p.media_type.filter(|m| !m.is_empty()) {
         return mt;
     }
     if p.manifests.is_some() {
         OCI_INDEX.to_string()
-    } else if p.config.is_some() {
+    } else if p.config.is_some() || p.layers.is_some() {
         OCI_MANIFEST.to_string()
     } else {
-        served.to_string()
+        served
     }
 }
 
@@ -272,6 +288,29 @@ pub fn split_user(user: &str) -> (Option<i64>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_type_sniffing() {
+        let m = "application/vnd.oci.image.manifest.v1+json; charset=utf-8";
+        assert_eq!(sniff_media_type(m, b"{}"), OCI_MANIFEST);
+        let list = br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json"}"#;
+        assert_eq!(sniff_media_type("application/json", list), DOCKER_LIST);
+        let s1 = br#"{"schemaVersion":1,"signatures":[]}"#;
+        assert_eq!(sniff_media_type("text/plain", s1), DOCKER_SCHEMA1_SIGNED);
+        assert_eq!(sniff_media_type("", br#"{"schemaVersion":1,"fsLayers":[]}"#), DOCKER_SCHEMA1);
+        assert_eq!(sniff_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#), OCI_INDEX);
+        assert_eq!(sniff_media_type("", br#"{"schemaVersion":2,"layers":[]}"#), OCI_MANIFEST);
+        assert_eq!(sniff_media_type("application/x-odd", b"not json"), "application/x-odd");
+    }
+
+    #[test]
+    fn digests() {
+        let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(sha256_digest(b""), empty);
+        assert_eq!(digest_of("sha256", b"").as_deref(), Some(empty));
+        assert!(digest_of("sha512", b"").unwrap().starts_with("sha512:cf83e135"));
+        assert_eq!(digest_of("md5", b""), None);
+    }
 
     #[test]
     fn users() {

@@ -3,7 +3,8 @@
 //! (mirrors, TLS settings, headers), registry auth (Basic and Bearer token
 //! flows), retries with backoff and mirror fall-through.
 //!
-//! Self-contained: depends on no other module of the crate.
+//! Depends only on [`crate::manifest`], which owns media types, the document
+//! size limit, media-type sniffing and digests.
 
 mod auth;
 mod client;
@@ -16,26 +17,13 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt as _};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{StatusCode, Url};
-use sha2::{Digest as _, Sha256, Sha512};
+
+use crate::manifest::{self, MAX_DOCUMENT_BYTES};
 
 pub use auth::PullAuth;
 pub use hosts::HostEndpoint;
 
 use client::{error_chain, Target, Transport};
-
-/// Maximum accepted manifest size.
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
-
-pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_TYPE_DOCKER_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED: &str =
-    "application/vnd.docker.distribution.manifest.v1+prettyjws";
-pub const MEDIA_TYPE_DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, application/vnd.docker.distribution.manifest.v1+json;q=0.5";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -131,15 +119,6 @@ fn is_digest(s: &str) -> bool {
     }
 }
 
-/// Compute `algo:hex` of `data` for sha256 / sha512; None for others.
-fn digest_of(algo: &str, data: &[u8]) -> Option<String> {
-    match algo {
-        "sha256" => Some(format!("sha256:{}", hex::encode(Sha256::digest(data)))),
-        "sha512" => Some(format!("sha512:{}", hex::encode(Sha512::digest(data)))),
-        _ => None,
-    }
-}
-
 fn validate_path_component(what: &str, s: &str) -> Result<(), RegistryError> {
     let bad = s.is_empty()
         || s.starts_with('/')
@@ -188,18 +167,15 @@ fn combine_errors(
             .collect();
         return RegistryError::Unavailable(parts.join("; "));
     }
+    // Not all unavailable: the first error that says more than that.
+    let mut errors = errors.into_iter().map(|(_, e)| e);
+    let first = errors.next();
     errors
-        .into_iter()
-        .map(|(_, e)| e)
         .find(|e| !matches!(e, RegistryError::Unavailable(_)))
-        .expect("non-empty")
-}
-
-fn generic_content_type(ct: &str) -> bool {
-    matches!(
-        ct,
-        "" | "application/json" | "text/plain" | "application/octet-stream" | "binary/octet-stream"
-    )
+        .into_iter()
+        .chain(first)
+        .find(|e| !matches!(e, RegistryError::Unavailable(_)))
+        .unwrap_or_else(not_found)
 }
 
 fn schema1_error(domain: &str, repo: &str, reference: &str) -> RegistryError {
@@ -208,42 +184,38 @@ fn schema1_error(domain: &str, repo: &str, reference: &str) -> RegistryError {
     ))
 }
 
-/// Detect the media type of a manifest body.
-fn detect_media_type(content_type: &str, body: &[u8]) -> (String, Option<serde_json::Value>) {
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    if !generic_content_type(&ct) {
-        return (ct, json);
+/// One request that [`Registries::first_host`] tries host by host.
+trait HostRequest {
+    type Output;
+    fn from_host(
+        &self,
+        registries: &Registries,
+        t: &Target<'_>,
+    ) -> impl std::future::Future<Output = HostOutcome<Self::Output>> + Send;
+}
+
+struct ManifestRequest<'r> {
+    reference: &'r str,
+    by_digest: bool,
+}
+
+impl HostRequest for ManifestRequest<'_> {
+    type Output = Manifest;
+    async fn from_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Manifest> {
+        registries.manifest_from(t, self.reference, self.by_digest).await
     }
-    let from_json = json.as_ref().and_then(|j| {
-        if let Some(mt) = j
-            .get("mediaType")
-            .and_then(|m| m.as_str())
-            .filter(|m| !m.is_empty())
-        {
-            return Some(mt.to_string());
-        }
-        if j.get("schemaVersion").and_then(|v| v.as_i64()) == Some(1) {
-            return Some(if j.get("signatures").is_some() {
-                MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED.to_string()
-            } else {
-                MEDIA_TYPE_DOCKER_SCHEMA1.to_string()
-            });
-        }
-        if j.get("manifests").is_some() {
-            return Some(MEDIA_TYPE_OCI_INDEX.to_string());
-        }
-        if j.get("config").is_some() || j.get("layers").is_some() {
-            return Some(MEDIA_TYPE_OCI_MANIFEST.to_string());
-        }
-        None
-    });
-    (from_json.unwrap_or(ct), json)
+}
+
+struct BlobRequest<'r> {
+    digest: &'r str,
+    offset: u64,
+}
+
+impl HostRequest for BlobRequest<'_> {
+    type Output = Blob;
+    async fn from_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Blob> {
+        registries.blob_from(t, self.digest, self.offset).await
+    }
 }
 
 enum HostOutcome<T> {
@@ -308,42 +280,14 @@ impl Registries {
         validate_path_component("repository", repo)?;
         validate_reference(reference)?;
         let auth = auth.normalized()?;
-        let hosts = self.hosts(domain)?;
         let by_digest = is_digest(reference);
         let cap = if by_digest { "pull" } else { "resolve" };
-        let targets = self.targets(domain, repo, &hosts, cap, &auth);
-        let host_list = targets
-            .iter()
-            .map(|t| t.ep_host.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if targets.is_empty() {
-            return Err(RegistryError::Protocol(format!(
-                "no host configured for {domain} has the {cap:?} capability"
-            )));
-        }
-        let mut errors = vec![];
-        for t in &targets {
-            match self.manifest_from(t, reference, by_digest).await {
-                HostOutcome::Done(m) => return Ok(m),
-                HostOutcome::NotFound => {
-                    tracing::debug!(host = %t.ep_host, %domain, %repo, %reference, "manifest not found on host");
-                }
-                HostOutcome::Failed(e) => {
-                    tracing::warn!(host = %t.ep_host, %domain, %repo, %reference, error = %e, "manifest fetch failed on host");
-                    let fatal = matches!(e, RegistryError::TooLarge(_) | RegistryError::Schema1(_));
-                    if fatal {
-                        return Err(e);
-                    }
-                    errors.push((t.ep_host.clone(), e));
-                }
-            }
-        }
-        Err(combine_errors(errors, || {
-            RegistryError::NotFound(format!(
-                "manifest unknown: {domain}/{repo}:{reference} not found in {host_list}"
-            ))
-        }))
+        let what = ("manifest", format!("{domain}/{repo}:{reference}"));
+        let req = ManifestRequest {
+            reference,
+            by_digest,
+        };
+        self.first_host(domain, repo, cap, &auth, &what, &req).await
     }
 
     async fn manifest_from(
@@ -367,7 +311,7 @@ impl Registries {
             }
         };
         let mut common = HeaderMap::new();
-        common.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        common.insert(ACCEPT, HeaderValue::from_static(manifest::MANIFEST_ACCEPT));
         let resp = match self.inner.transport.get(t, url, common).await {
             Ok(r) => r,
             Err(e) => return HostOutcome::Failed(e),
@@ -392,13 +336,13 @@ impl Registries {
         }
         let too_large = || {
             RegistryError::TooLarge(format!(
-                "manifest {domain}/{repo}:{reference} from {} exceeds the {MAX_MANIFEST_BYTES} byte limit",
+                "manifest {domain}/{repo}:{reference} from {} exceeds the {MAX_DOCUMENT_BYTES} byte limit",
                 t.ep_host
             ))
         };
         if resp
             .content_length()
-            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
+            .is_some_and(|l| l > MAX_DOCUMENT_BYTES)
         {
             return HostOutcome::Failed(too_large());
         }
@@ -419,7 +363,7 @@ impl Registries {
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
-                    if buf.len() + c.len() > MAX_MANIFEST_BYTES {
+                    if (buf.len() + c.len()) as u64 > MAX_DOCUMENT_BYTES {
                         return HostOutcome::Failed(too_large());
                     }
                     buf.extend_from_slice(&c);
@@ -439,7 +383,7 @@ impl Registries {
         // Digest verification.
         let digest = if by_digest {
             let algo = reference.split(':').next().unwrap_or("");
-            match digest_of(algo, &bytes) {
+            match manifest::digest_of(algo, &bytes) {
                 Some(d) if d == reference => d,
                 Some(d) => {
                     return HostOutcome::Failed(RegistryError::DigestMismatch(format!(
@@ -455,7 +399,7 @@ impl Registries {
             }
         } else if let Some(h) = header_digest {
             let algo = h.split(':').next().unwrap_or("");
-            match digest_of(algo, &bytes) {
+            match manifest::digest_of(algo, &bytes) {
                 Some(d) if d == h => d,
                 Some(d) => {
                     return HostOutcome::Failed(RegistryError::DigestMismatch(format!(
@@ -464,21 +408,14 @@ impl Registries {
                     )))
                 }
                 // Unknown algorithm in the header: fall back to our own digest.
-                None => digest_of("sha256", &bytes).expect("sha256"),
+                None => manifest::sha256_digest(&bytes),
             }
         } else {
-            digest_of("sha256", &bytes).expect("sha256")
+            manifest::sha256_digest(&bytes)
         };
 
-        let (media_type, json) = detect_media_type(&content_type, &bytes);
-        let schema1 = media_type == MEDIA_TYPE_DOCKER_SCHEMA1
-            || media_type == MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED
-            || json
-                .as_ref()
-                .and_then(|j| j.get("schemaVersion"))
-                .and_then(|v| v.as_i64())
-                == Some(1);
-        if schema1 {
+        let media_type = manifest::sniff_media_type(&content_type, &bytes);
+        if manifest::is_schema1(&media_type) {
             return HostOutcome::Failed(schema1_error(domain, repo, reference));
         }
         tracing::debug!(host = %t.ep_host, %domain, %repo, %reference, %digest, %media_type, size = bytes.len(), "fetched manifest");
@@ -506,35 +443,54 @@ impl Registries {
             )));
         }
         let auth = auth.normalized()?;
+        let what = ("blob", format!("{domain}/{repo}@{digest}"));
+        let req = BlobRequest { digest, offset };
+        self.first_host(domain, repo, "pull", &auth, &what, &req).await
+    }
+
+    /// Try `attempt` on each host of `domain` that has `cap`, in order (mirrors
+    /// first, then the upstream): the first result wins; a 404 moves on; an
+    /// error moves on too unless it is one no other host can fix (too large,
+    /// schema 1). No result: the most telling error, or not found.
+    async fn first_host<R: HostRequest>(
+        &self,
+        domain: &str,
+        repo: &str,
+        cap: &str,
+        auth: &PullAuth,
+        (kind, name): &(&str, String),
+        req: &R,
+    ) -> Result<R::Output, RegistryError> {
         let hosts = self.hosts(domain)?;
-        let targets = self.targets(domain, repo, &hosts, "pull", &auth);
+        let targets = self.targets(domain, repo, &hosts, cap, auth);
         if targets.is_empty() {
             return Err(RegistryError::Protocol(format!(
-                "no host configured for {domain} has the \"pull\" capability"
+                "no host configured for {domain} has the {cap:?} capability"
             )));
+        }
+        let mut errors = vec![];
+        for t in &targets {
+            match req.from_host(self, t).await {
+                HostOutcome::Done(v) => return Ok(v),
+                HostOutcome::NotFound => {
+                    tracing::debug!(host = %t.ep_host, %name, "{kind} not found on host");
+                }
+                HostOutcome::Failed(e) => {
+                    tracing::warn!(host = %t.ep_host, %name, error = %e, "{kind} fetch failed on host");
+                    if matches!(e, RegistryError::TooLarge(_) | RegistryError::Schema1(_)) {
+                        return Err(e);
+                    }
+                    errors.push((t.ep_host.clone(), e));
+                }
+            }
         }
         let host_list = targets
             .iter()
             .map(|t| t.ep_host.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        let mut errors = vec![];
-        for t in &targets {
-            match self.blob_from(t, digest, offset).await {
-                HostOutcome::Done(b) => return Ok(b),
-                HostOutcome::NotFound => {
-                    tracing::debug!(host = %t.ep_host, %domain, %repo, %digest, "blob not found on host");
-                }
-                HostOutcome::Failed(e) => {
-                    tracing::warn!(host = %t.ep_host, %domain, %repo, %digest, error = %e, "blob fetch failed on host");
-                    errors.push((t.ep_host.clone(), e));
-                }
-            }
-        }
         Err(combine_errors(errors, || {
-            RegistryError::NotFound(format!(
-                "blob unknown: {domain}/{repo}@{digest} not found in {host_list}"
-            ))
+            RegistryError::NotFound(format!("{kind} unknown: {name} not found in {host_list}"))
         }))
     }
 
@@ -551,10 +507,10 @@ impl Registries {
         let mut common = HeaderMap::new();
         common.insert(ACCEPT, HeaderValue::from_static("*/*"));
         if offset > 0 {
-            common.insert(
-                RANGE,
-                HeaderValue::from_str(&format!("bytes={offset}-")).expect("valid header"),
-            );
+            // Digits and ASCII only: always a valid header value.
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
+                common.insert(RANGE, v);
+            }
         }
         let resp = match self.inner.transport.get(t, url, common).await {
             Ok(r) => r,
@@ -652,28 +608,6 @@ mod tests {
         assert!(is_digest("sha256:abcd"));
         assert!(!is_digest("latest"));
         assert!(!is_digest("v1.0"));
-        assert_eq!(
-            digest_of("sha256", b"").unwrap(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
-
-    #[test]
-    fn media_type_detection() {
-        let (mt, _) = detect_media_type(
-            "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
-            b"{}",
-        );
-        assert_eq!(mt, MEDIA_TYPE_OCI_MANIFEST);
-        let (mt, _) = detect_media_type(
-            "application/json",
-            br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json"}"#,
-        );
-        assert_eq!(mt, MEDIA_TYPE_DOCKER_LIST);
-        let (mt, _) = detect_media_type("text/plain", br#"{"schemaVersion":1,"signatures":[]}"#);
-        assert_eq!(mt, MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED);
-        let (mt, _) = detect_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#);
-        assert_eq!(mt, MEDIA_TYPE_OCI_INDEX);
     }
 
     #[test]
