@@ -51,9 +51,7 @@ impl ImageFs {
 
     /// The latest sample.
     pub fn current(&self) -> FsUsage {
-        self.last
-            .read()
-            .clone()
+        self.last.read().clone()
     }
 
     /// Something changed the snapshots (a pull or a removal finished): sample

@@ -1,16 +1,19 @@
 //! cri-imaged: a Kubernetes CRI ImageService that pulls straight into containerd.
+//!
+//! Public modules are the ones the binary, the integration tests and the
+//! benchmark use; everything else is private so the compiler finds dead code.
 
 pub mod config;
 pub mod containerd;
-pub mod cri;
-pub mod imagefs;
+mod cri;
+mod imagefs;
 pub mod managed;
 pub mod manifest;
-pub mod metrics;
-pub mod platform;
-pub mod pull;
+mod metrics;
+mod platform;
+mod pull;
 pub mod reference;
 pub mod registry;
 pub mod select;
 pub mod server;
-pub mod store;
+mod store;

@@ -161,6 +161,8 @@ fn main() -> ExitCode {
             // A node agent should stay small: glibc's default of up to 8 malloc
             // arenas per core mostly adds retained, fragmented heap.
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: mallopt only tunes glibc's allocator; it is called
+            // before any other thread exists (the runtime is built below).
             unsafe {
                 libc::mallopt(libc::M_ARENA_MAX, 2);
             }

@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// Restart backoff of a managed containerd that exits: doubles from min to max.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Time the managed containerd gets after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 pub struct Managed {
     pub socket: PathBuf,
     pub root: PathBuf,
@@ -56,7 +62,7 @@ impl Managed {
         let (stop, mut rx) = tokio::sync::watch::channel(false);
         let binary = binary.to_string();
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = RESTART_BACKOFF_MIN;
             loop {
                 let logf = std::fs::OpenOptions::new()
                     .create(true)
@@ -72,6 +78,9 @@ impl Managed {
                 // the runtime live as long as the process, so the thread-exit
                 // semantics of PDEATHSIG do not fire early.
                 let parent = std::process::id() as libc::pid_t;
+                // SAFETY: the closure runs in the forked child before exec and
+                // calls only async-signal-safe functions (prctl, getppid,
+                // _exit); it allocates nothing and takes no locks.
                 unsafe {
                     cmd.pre_exec(move || {
                         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
@@ -97,7 +106,7 @@ impl Managed {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = stopped(&mut rx) => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
                         continue;
                     }
                 };
@@ -110,14 +119,14 @@ impl Managed {
                         if let Some(pid) = child.id() {
                             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                         }
-                        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
                             let _ = child.kill().await;
                         }
                         return;
                     }
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
             }
         });
         Ok(Managed {

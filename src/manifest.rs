@@ -148,7 +148,10 @@ pub fn digest_of(algo: &str, data: &[u8]) -> Option<String> {
     use sha2::Digest as _;
     match algo {
         "sha256" => Some(sha256_digest(data)),
-        "sha512" => Some(format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))),
+        "sha512" => Some(format!(
+            "sha512:{}",
+            hex::encode(sha2::Sha512::digest(data))
+        )),
         _ => None,
     }
 }
@@ -297,10 +300,22 @@ mod tests {
         assert_eq!(sniff_media_type("application/json", list), DOCKER_LIST);
         let s1 = br#"{"schemaVersion":1,"signatures":[]}"#;
         assert_eq!(sniff_media_type("text/plain", s1), DOCKER_SCHEMA1_SIGNED);
-        assert_eq!(sniff_media_type("", br#"{"schemaVersion":1,"fsLayers":[]}"#), DOCKER_SCHEMA1);
-        assert_eq!(sniff_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#), OCI_INDEX);
-        assert_eq!(sniff_media_type("", br#"{"schemaVersion":2,"layers":[]}"#), OCI_MANIFEST);
-        assert_eq!(sniff_media_type("application/x-odd", b"not json"), "application/x-odd");
+        assert_eq!(
+            sniff_media_type("", br#"{"schemaVersion":1,"fsLayers":[]}"#),
+            DOCKER_SCHEMA1
+        );
+        assert_eq!(
+            sniff_media_type("", br#"{"schemaVersion":2,"manifests":[]}"#),
+            OCI_INDEX
+        );
+        assert_eq!(
+            sniff_media_type("", br#"{"schemaVersion":2,"layers":[]}"#),
+            OCI_MANIFEST
+        );
+        assert_eq!(
+            sniff_media_type("application/x-odd", b"not json"),
+            "application/x-odd"
+        );
     }
 
     #[test]
@@ -308,7 +323,9 @@ mod tests {
         let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(sha256_digest(b""), empty);
         assert_eq!(digest_of("sha256", b"").as_deref(), Some(empty));
-        assert!(digest_of("sha512", b"").unwrap().starts_with("sha512:cf83e135"));
+        assert!(digest_of("sha512", b"")
+            .unwrap()
+            .starts_with("sha512:cf83e135"));
         assert_eq!(digest_of("md5", b""), None);
     }
 

@@ -95,9 +95,16 @@ impl Selected {
 }
 
 /// Read the index or manifest `desc` from `src`, with its effective media type.
-pub async fn read_doc<S: BlobSource>(src: &S, desc: &Descriptor) -> Result<Doc, SelectError<S::Error>> {
+pub async fn read_doc<S: BlobSource>(
+    src: &S,
+    desc: &Descriptor,
+) -> Result<Doc, SelectError<S::Error>> {
     let (served, bytes) = src.document(desc).await.map_err(SelectError::Source)?;
-    let served = if served.is_empty() { &desc.media_type } else { &served };
+    let served = if served.is_empty() {
+        &desc.media_type
+    } else {
+        &served
+    };
     let media_type = manifest::sniff_media_type(served, &bytes);
     Ok(Doc {
         desc: Descriptor {
@@ -179,7 +186,11 @@ async fn derived_platform<S: BlobSource + Sync>(
     match manifest::parse(&doc.desc.media_type, &d.digest, &doc.bytes).ok()? {
         Document::Manifest(m) => {
             let c = src.config(&m.config).await.ok()?;
-            Some(manifest::parse_config(&m.config.digest, &c).ok()?.platform())
+            Some(
+                manifest::parse_config(&m.config.digest, &c)
+                    .ok()?
+                    .platform(),
+            )
         }
         Document::Index(nested) => {
             if depth >= MAX_INDEX_DEPTH {
@@ -277,7 +288,9 @@ mod tests {
     async fn plain_manifest_is_itself() {
         let mut m = Mem::default();
         let a = m.image("amd64");
-        let s = select_manifest(&m, &amd64(), m.top(&a).await).await.unwrap();
+        let s = select_manifest(&m, &amd64(), m.top(&a).await)
+            .await
+            .unwrap();
         assert!(s.indexes.is_empty());
         assert_eq!(s.manifest_doc.desc.digest, a.digest);
         assert_eq!(s.top().desc.digest, a.digest);
@@ -285,14 +298,23 @@ mod tests {
 
     #[tokio::test]
     async fn entries_without_platform_are_judged_by_their_config_whatever_their_media_type() {
-        for mt in ["", manifest::OCI_MANIFEST, "application/vnd.example.unusual+json"] {
+        for mt in [
+            "",
+            manifest::OCI_MANIFEST,
+            "application/vnd.example.unusual+json",
+        ] {
             let mut m = Mem::default();
             let arm = with_platform(m.image("arm64"), "linux", "arm64");
             let mut x86 = m.image("amd64");
             x86.media_type = mt.into();
             let top = m.index(vec![arm, x86.clone()]);
-            let s = select_manifest(&m, &amd64(), m.top(&top).await).await.unwrap();
-            assert_eq!(s.manifest_doc.desc.digest, x86.digest, "entry media type {mt:?}");
+            let s = select_manifest(&m, &amd64(), m.top(&top).await)
+                .await
+                .unwrap();
+            assert_eq!(
+                s.manifest_doc.desc.digest, x86.digest,
+                "entry media type {mt:?}"
+            );
             assert_eq!(s.manifest_doc.desc.media_type, manifest::OCI_MANIFEST);
             assert_eq!(s.config.platform().architecture, "amd64");
         }
@@ -306,7 +328,9 @@ mod tests {
         let inner = m.index(vec![arm.clone(), x86.clone()]);
         let other = with_platform(m.image("s390x"), "linux", "s390x");
         let top = m.index(vec![other, inner.clone()]);
-        let s = select_manifest(&m, &amd64(), m.top(&top).await).await.unwrap();
+        let s = select_manifest(&m, &amd64(), m.top(&top).await)
+            .await
+            .unwrap();
         assert_eq!(s.indexes.len(), 2);
         assert_eq!(s.indexes[1].doc.desc.digest, inner.digest);
         assert_eq!(s.manifest_doc.desc.digest, x86.digest);
@@ -327,7 +351,10 @@ mod tests {
         let e = select_manifest(&m, &amd64(), m.top(&top).await)
             .await
             .unwrap_err();
-        assert!(matches!(e, SelectError::Platform(PlatformError::NoMatch { .. })), "{e}");
+        assert!(
+            matches!(e, SelectError::Platform(PlatformError::NoMatch { .. })),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -340,6 +367,12 @@ mod tests {
         let e = select_manifest(&m, &amd64(), m.top(&d).await)
             .await
             .unwrap_err();
-        assert!(matches!(&e, SelectError::Manifest(ManifestError::Invalid { what: "index", .. })), "{e}");
+        assert!(
+            matches!(
+                &e,
+                SelectError::Manifest(ManifestError::Invalid { what: "index", .. })
+            ),
+            "{e}"
+        );
     }
 }

@@ -20,6 +20,17 @@ use crate::pull::{PullConfig, Puller};
 use crate::registry::Registries;
 use crate::store::Store;
 
+/// Cleanup of a killed predecessor's half-done unpacks: tried once a second
+/// for a minute while containerd is not answering yet.
+const CLEANUP_ATTEMPTS: usize = 60;
+const CLEANUP_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often the gauges that mirror state (images, imagefs, containerd up) are set.
+const GAUGE_REFRESH: Duration = Duration::from_millis(500);
+/// Pause after a failed accept (e.g. out of file descriptors) before the next.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Concurrent RPCs one client connection may have open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Bind the CRI socket: refuse when another instance answers on it, replace a
 /// stale file, then apply mode and group.
 pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
@@ -240,12 +251,12 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
     snapshotters.sort();
     snapshotters.dedup();
     v.push(tokio::spawn(async move {
-        for _ in 0..60 {
+        for _ in 0..CLEANUP_ATTEMPTS {
             match crate::pull::cleanup_interrupted(&cd, &snapshotters).await {
                 Ok(_) => return,
                 Err(e) => tracing::debug!(error = %e, "cleanup of interrupted unpacks: retrying"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
         }
     }));
     // Gauges that mirror state.
@@ -257,7 +268,7 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
             let u = fs.current();
             m.imagefs_used_bytes.set(u.used_bytes as f64);
             m.imagefs_inodes_used.set(u.inodes_used as f64);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(GAUGE_REFRESH).await;
         }
     }));
     v
@@ -315,14 +326,14 @@ async fn serve_grpc<S>(
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                         continue;
                     }
                 };
                 let io = TokioIo::new(stream);
                 let hyper_svc = hyper_util::service::TowerToHyperService::new(svc.clone());
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(1024)
+                    .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                     .serve_connection(io, hyper_svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

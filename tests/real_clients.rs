@@ -84,7 +84,10 @@ async fn grpc_go_client_dialing_like_kubelet() {
         &d,
     );
     assert!(out.contains("go client: all checks passed"), "{out}");
-    assert!(out.contains("ok   ImageFsInfo (connection validation)"), "{out}");
+    assert!(
+        out.contains("ok   ImageFsInfo (connection validation)"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +97,10 @@ async fn python_grpcio_client_all_rpcs() {
     let endpoint = format!("unix://{}", d.socket.display());
     let out = run(
         Command::new(dir.join("venv/bin/python"))
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/cri_client.py"))
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/clients/python/cri_client.py"),
+            )
             .arg("--stubs")
             .arg(dir.join("python-stubs"))
             .arg("--endpoint")

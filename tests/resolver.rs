@@ -54,16 +54,39 @@ async fn pull_and_index_agree_on_unusual_indexes() {
         entry(&s390, Some(OCI_MANIFEST), Some(("linux", "s390x"))),
         entry(&amd, Some(OCI_MANIFEST), Some(("linux", "amd64"))),
     ]);
-    p.put_manifest("sel/img", &inner_digest, &inner, OCI_INDEX).await.unwrap();
+    p.put_manifest("sel/img", &inner_digest, &inner, OCI_INDEX)
+        .await
+        .unwrap();
     let cases: Vec<(&str, Vec<Value>)> = vec![
         // no platform, a media type that is neither a manifest's nor empty:
         // the pull used to skip such an entry while the index judged it by its config
-        ("unusual-type", vec![arm_e.clone(), entry(&amd, Some("application/vnd.example.unusual+json"), None)]),
+        (
+            "unusual-type",
+            vec![
+                arm_e.clone(),
+                entry(&amd, Some("application/vnd.example.unusual+json"), None),
+            ],
+        ),
         ("no-type", vec![arm_e.clone(), entry(&amd, None, None)]),
-        ("no-platform", vec![arm_e.clone(), entry(&amd, Some(OCI_MANIFEST), None)]),
+        (
+            "no-platform",
+            vec![arm_e.clone(), entry(&amd, Some(OCI_MANIFEST), None)],
+        ),
         // an index inside the index, with and without a platform of its own
-        ("nested", vec![arm_e.clone(), json!({"mediaType": OCI_INDEX, "digest": inner_digest, "size": inner.len(), "platform": {"os": "linux", "architecture": "amd64"}})]),
-        ("nested-no-platform", vec![arm_e.clone(), json!({"mediaType": OCI_INDEX, "digest": inner_digest, "size": inner.len()})]),
+        (
+            "nested",
+            vec![
+                arm_e.clone(),
+                json!({"mediaType": OCI_INDEX, "digest": inner_digest, "size": inner.len(), "platform": {"os": "linux", "architecture": "amd64"}}),
+            ],
+        ),
+        (
+            "nested-no-platform",
+            vec![
+                arm_e.clone(),
+                json!({"mediaType": OCI_INDEX, "digest": inner_digest, "size": inner.len()}),
+            ],
+        ),
     ];
     for (tag, entries) in &cases {
         let (d, b) = index(entries.clone());
@@ -77,8 +100,13 @@ async fn pull_and_index_agree_on_unusual_indexes() {
     let mut pulled = Vec::new();
     for (tag, _) in &cases {
         let r = env.image_ref("sel/img", tag);
-        let id = pull(&mut c, &r).await.unwrap_or_else(|e| panic!("pull {tag}: {e:?}"));
-        assert_eq!(id, amd.config_digest, "pull chose another manifest for {tag}");
+        let id = pull(&mut c, &r)
+            .await
+            .unwrap_or_else(|e| panic!("pull {tag}: {e:?}"));
+        assert_eq!(
+            id, amd.config_digest,
+            "pull chose another manifest for {tag}"
+        );
         let st = status(&mut c, &r).await.expect("status after pull");
         assert_eq!(st.id, amd.config_digest, "{tag}");
         pulled.push((r, st));
@@ -89,8 +117,14 @@ async fn pull_and_index_agree_on_unusual_indexes() {
     d.wait_synced().await;
     let mut c = d.client().await;
     for (r, before) in &pulled {
-        let after = status(&mut c, r).await.unwrap_or_else(|| panic!("{r} not indexed after restart"));
+        let after = status(&mut c, r)
+            .await
+            .unwrap_or_else(|| panic!("{r} not indexed after restart"));
         assert_eq!(after.id, before.id, "index and pull disagree on {r}");
-        assert!(after.repo_tags.contains(r), "{r} not among {:?}", after.repo_tags);
+        assert!(
+            after.repo_tags.contains(r),
+            "{r} not among {:?}",
+            after.repo_tags
+        );
     }
 }

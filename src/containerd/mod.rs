@@ -20,6 +20,14 @@ use tonic::{Code, Request, Status};
 pub use api::Image as ImageRecord;
 pub use containerd_client::types::Envelope;
 
+/// Connecting to containerd's socket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on the containerd connection, so a dead containerd is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest content-service message either way (writes are 1 MiB chunks).
+const MAX_CONTENT_MESSAGE: usize = 64 << 20;
+
 pub mod labels {
     pub const CRI_MANAGED: &str = "io.cri-containerd.image";
     pub const CRI_MANAGED_VALUE: &str = "managed";
@@ -55,9 +63,6 @@ pub enum ContainerdError {
 impl ContainerdError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ContainerdError::NotFound(_))
-    }
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, ContainerdError::Unavailable { .. })
     }
 }
 
@@ -111,10 +116,10 @@ impl Containerd {
         let socket = socket.into();
         let path = socket.clone();
         let channel = Endpoint::from_static("http://[::]:50051")
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(None)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .connect_with_connector_lazy(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move {
@@ -347,23 +352,6 @@ impl Containerd {
     }
 
     /// Status of an in-progress write (its committed offset), if any.
-    pub async fn write_status(&self, r#ref: &str) -> Result<Option<api::Status>> {
-        let mut c = api::content_client::ContentClient::new(self.channel.clone());
-        match c
-            .status(self.req(
-                api::StatusRequest {
-                    r#ref: r#ref.into(),
-                },
-                None,
-            ))
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().status),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(self.err(s)),
-        }
-    }
-
     pub async fn abort_write(&self, r#ref: &str) -> Result<()> {
         let mut c = api::content_client::ContentClient::new(self.channel.clone());
         match c
@@ -389,8 +377,8 @@ impl Containerd {
         lease: Option<&str>,
     ) -> Result<tonic::Streaming<api::WriteContentResponse>> {
         let mut c = api::content_client::ContentClient::new(self.channel.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(MAX_CONTENT_MESSAGE)
+            .max_encoding_message_size(MAX_CONTENT_MESSAGE);
         let r = c
             .write(self.req(requests, lease))
             .await
@@ -459,15 +447,6 @@ impl Containerd {
         .await
         .map_err(|s| self.err(s))?;
         Ok(())
-    }
-
-    pub async fn list_leases(&self) -> Result<Vec<api::Lease>> {
-        let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
-        let r = c
-            .list(self.req(api::ListRequest { filters: vec![] }, None))
-            .await
-            .map_err(|s| self.err(s))?;
-        Ok(r.into_inner().leases)
     }
 
     // ---- snapshots ----
@@ -675,8 +654,17 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub async fn create(cd: &Containerd, kind: LeaseKind, expire: Duration, on_drop: OnDrop) -> Result<Lease> {
-        let id = format!("{LEASE_PREFIX}{}-{}", std::process::id(), rand::random::<u64>());
+    pub async fn create(
+        cd: &Containerd,
+        kind: LeaseKind,
+        expire: Duration,
+        on_drop: OnDrop,
+    ) -> Result<Lease> {
+        let id = format!(
+            "{LEASE_PREFIX}{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         cd.create_lease(&id, expire, kind).await?;
         Ok(Lease {
             cd: cd.clone(),

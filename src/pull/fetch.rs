@@ -28,6 +28,10 @@ const CHUNK: usize = 1 << 20;
 /// Re-opens of a blob download after a broken or short body.
 const MAX_RESUMES: usize = 5;
 
+/// A content ingest another writer holds ("locked") is retried this often,
+/// this far apart (10 s in all), before the pull gives up.
+const LOCKED_RETRIES: usize = 50;
+const LOCKED_RETRY_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetched {
     /// Already in containerd's content store.
@@ -103,10 +107,10 @@ async fn open(ctx: &PullCtx, desc: &Descriptor) -> Result<Opened, PullError> {
                 // Another writer holds the ref lock (a concurrent pull in another
                 // process): wait and retry.
                 ContainerdError::Unavailable { message, .. }
-                    if message.contains("locked") && attempt < 50 =>
+                    if message.contains("locked") && attempt < LOCKED_RETRIES =>
                 {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(LOCKED_RETRY_PAUSE).await;
                 }
                 e => return Err(e.into()),
             },
@@ -362,7 +366,10 @@ pub(super) async fn fetch_and_unpack(
     let fetches = layers.iter().zip(arrived).map(|(layer, arrived)| {
         let per_pull = per_pull.clone();
         async move {
-            let _p = per_pull.acquire_owned().await.map_err(|_| PullError::Canceled)?;
+            let _p = per_pull
+                .acquire_owned()
+                .await
+                .map_err(|_| PullError::Canceled)?;
             let _g = puller
                 .global_downloads
                 .clone()
@@ -382,7 +389,10 @@ pub(super) async fn fetch_and_unpack(
     // On failure the lease stays until it expires so a retry resumes; what
     // was written is collected by containerd's GC after that.
     let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;
-    let downloaded = fetched.iter().filter(|f| matches!(f, Fetched::Downloaded(_))).count();
+    let downloaded = fetched
+        .iter()
+        .filter(|f| matches!(f, Fetched::Downloaded(_)))
+        .count();
     Ok(LayersDone {
         downloaded,
         reused: fetched.len() - downloaded,

@@ -75,7 +75,13 @@ impl Puller {
         snapshotter: &str,
     ) -> Result<bool, PullError> {
         // Deep: the target keeps its manifest, config, layers and snapshot.
-        let lease = Lease::create(&self.cd, LeaseKind::Deep, self.cfg.lease_expiry, OnDrop::Delete).await?;
+        let lease = Lease::create(
+            &self.cd,
+            LeaseKind::Deep,
+            self.cfg.lease_expiry,
+            OnDrop::Delete,
+        )
+        .await?;
         lease.add(LeaseResource::Content(&target.digest)).await?;
         if !info.chain_id.is_empty() {
             lease

@@ -25,8 +25,8 @@ use crate::reference::Reference;
 use crate::registry::{PullAuth, Registries};
 use crate::select::Selected;
 use crate::store::Store;
-pub use error::PullError;
 pub(crate) use error::retryable;
+pub use error::PullError;
 use fetch::{BlobKey, Fetched, LayersDone};
 use resolve::RegistrySource;
 pub use unpack::cleanup_interrupted;
@@ -102,7 +102,13 @@ pub(crate) struct PullCtx {
 }
 
 impl PullCtx {
-    fn new(puller: &Puller, reference: &Reference, auth: &PullAuth, lease: &Lease, snapshotter: &str) -> PullCtx {
+    fn new(
+        puller: &Puller,
+        reference: &Reference,
+        auth: &PullAuth,
+        lease: &Lease,
+        snapshotter: &str,
+    ) -> PullCtx {
         PullCtx {
             cd: puller.cd.clone(),
             registries: puller.registries.clone(),
@@ -285,7 +291,10 @@ impl Puller {
         let registry = RegistrySource::new(self, reference, auth);
         let top = registry.top(reference).await?;
         let target = top.desc.clone();
-        if let Some(info) = self.use_local(reference, &target.digest, Some(&target), snapshotter).await? {
+        if let Some(info) = self
+            .use_local(reference, &target.digest, Some(&target), snapshotter)
+            .await?
+        {
             return Ok(PullReport::present(&info, t0.elapsed()));
         }
         let image = registry.select(top).await?;
@@ -294,15 +303,17 @@ impl Puller {
 
         // Everything written from here on is held by a lease until the records
         // hold it; a failed pull leaves the lease to expire, so a retry resumes.
-        let lease = Lease::create(&self.cd, LeaseKind::Flat, self.cfg.lease_expiry, OnDrop::Expire).await?;
-        let ctx = Arc::new(PullCtx::new(self, reference, auth, &lease, snapshotter));
-        let layers = fetch::fetch_and_unpack(
-            self,
-            &ctx,
-            &image.manifest.layers,
-            image.config.diff_ids(),
+        let lease = Lease::create(
+            &self.cd,
+            LeaseKind::Flat,
+            self.cfg.lease_expiry,
+            OnDrop::Expire,
         )
         .await?;
+        let ctx = Arc::new(PullCtx::new(self, reference, auth, &lease, snapshotter));
+        let layers =
+            fetch::fetch_and_unpack(self, &ctx, &image.manifest.layers, image.config.diff_ids())
+                .await?;
         report.layers(&layers);
         self.metrics.phase("fetch", report.fetch.as_secs_f64());
         self.metrics.phase("unpack", report.unpack.as_secs_f64());

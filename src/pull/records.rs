@@ -48,7 +48,13 @@ pub(super) async fn write_documents(
             top_chain.to_string(),
         );
     }
-    fetch::write_bytes(ctx, &image.manifest.config, image.config_doc.bytes.clone(), cfg_labels).await?;
+    fetch::write_bytes(
+        ctx,
+        &image.manifest.config,
+        image.config_doc.bytes.clone(),
+        cfg_labels,
+    )
+    .await?;
 
     let mut m_labels = source();
     m_labels.insert(
@@ -56,7 +62,10 @@ pub(super) async fn write_documents(
         image.manifest.config.digest.clone(),
     );
     for (i, l) in image.manifest.layers.iter().enumerate() {
-        m_labels.insert(format!("{}{i}", labels::GC_REF_CONTENT_LAYER_PREFIX), l.digest.clone());
+        m_labels.insert(
+            format!("{}{i}", labels::GC_REF_CONTENT_LAYER_PREFIX),
+            l.digest.clone(),
+        );
     }
     let m = &image.manifest_doc;
     fetch::write_bytes(ctx, &m.desc, m.bytes.clone(), m_labels).await?;
@@ -65,7 +74,10 @@ pub(super) async fn write_documents(
         let mut i_labels = source();
         for (i, d) in idx.index.manifests.iter().enumerate() {
             // Only the chosen path is local; refs to absent content are harmless.
-            i_labels.insert(format!("{}{i}", labels::GC_REF_CONTENT_MANIFEST_PREFIX), d.digest.clone());
+            i_labels.insert(
+                format!("{}{i}", labels::GC_REF_CONTENT_MANIFEST_PREFIX),
+                d.digest.clone(),
+            );
         }
         fetch::write_bytes(ctx, &idx.doc.desc, idx.doc.bytes.clone(), i_labels).await?;
     }
@@ -88,7 +100,10 @@ impl Puller {
                 labels::CRI_MANAGED_VALUE.to_string(),
             )]);
             if pinned {
-                l.insert(labels::CRI_PINNED.to_string(), labels::CRI_PINNED_VALUE.to_string());
+                l.insert(
+                    labels::CRI_PINNED.to_string(),
+                    labels::CRI_PINNED_VALUE.to_string(),
+                );
             }
             let rec = ImageRecord {
                 name: n.clone(),

@@ -37,7 +37,10 @@ impl<'a> RegistrySource<'a> {
             .registries
             .get_manifest(self.domain, self.repo, wanted, self.auth)
             .await?;
-        self.puller.metrics.bytes_fetched.inc_by(m.bytes.len() as u64);
+        self.puller
+            .metrics
+            .bytes_fetched
+            .inc_by(m.bytes.len() as u64);
         Ok(Doc {
             desc: Descriptor {
                 media_type: manifest::sniff_media_type(&m.media_type, &m.bytes),
@@ -73,7 +76,10 @@ impl BlobSource for RegistrySource<'_> {
             .registries
             .get_manifest(self.domain, self.repo, &desc.digest, self.auth)
             .await?;
-        self.puller.metrics.bytes_fetched.inc_by(m.bytes.len() as u64);
+        self.puller
+            .metrics
+            .bytes_fetched
+            .inc_by(m.bytes.len() as u64);
         Ok((m.media_type, m.bytes))
     }
 
@@ -89,7 +95,12 @@ impl BlobSource for RegistrySource<'_> {
         if desc.size as u64 > MAX_DOCUMENT_BYTES {
             return Err(too_large(desc.size as u64).into());
         }
-        if let Ok(b) = self.puller.cd.read_blob(&desc.digest, MAX_DOCUMENT_BYTES).await {
+        if let Ok(b) = self
+            .puller
+            .cd
+            .read_blob(&desc.digest, MAX_DOCUMENT_BYTES)
+            .await
+        {
             return Ok(b);
         }
         let blob = self

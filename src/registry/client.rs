@@ -1,9 +1,9 @@
 //! HTTP transport: TLS client cache, manual redirects, retries with backoff,
 //! and the registry auth (Basic / Bearer token) flow.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -17,6 +17,12 @@ use super::auth::{parse_www_authenticate, Challenge, PullAuth};
 use super::hosts::HostEndpoint;
 use super::RegistryError;
 
+/// TCP + TLS connect to a registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// One read of a response body (the stall watchdog cancels slower pulls sooner).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// A token server's answer is small; anything larger is refused.
+const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
 pub(crate) const MAX_REDIRECTS: usize = 10;
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
@@ -165,8 +171,8 @@ impl Transport {
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120));
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT);
         if key.skip_verify {
             b = b.danger_accept_invalid_certs(true);
         }
@@ -472,7 +478,7 @@ impl Transport {
                 "token server {realm_host} returned {st}"
             )));
         }
-        let body = read_limited(resp, 1 << 20)
+        let body = read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await
             .map_err(|e| RegistryError::Protocol(format!("token server {realm_host}: {e}")))?;
         let tr: TokenResponse = serde_json::from_slice(&body).map_err(|e| {

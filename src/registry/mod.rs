@@ -202,7 +202,9 @@ struct ManifestRequest<'r> {
 impl HostRequest for ManifestRequest<'_> {
     type Output = Manifest;
     async fn from_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Manifest> {
-        registries.manifest_from(t, self.reference, self.by_digest).await
+        registries
+            .manifest_from(t, self.reference, self.by_digest)
+            .await
     }
 }
 
@@ -445,7 +447,8 @@ impl Registries {
         let auth = auth.normalized()?;
         let what = ("blob", format!("{domain}/{repo}@{digest}"));
         let req = BlobRequest { digest, offset };
-        self.first_host(domain, repo, "pull", &auth, &what, &req).await
+        self.first_host(domain, repo, "pull", &auth, &what, &req)
+            .await
     }
 
     /// Try `attempt` on each host of `domain` that has `cap`, in order (mirrors

@@ -98,10 +98,18 @@ impl ImageInfo {
     pub fn of(s: &Selected) -> ImageInfo {
         let top = s.top();
         // index(es) (if any) + manifest + config + layers
-        let size = s.indexes.iter().map(|i| i.doc.bytes.len() as u64).sum::<u64>()
+        let size = s
+            .indexes
+            .iter()
+            .map(|i| i.doc.bytes.len() as u64)
+            .sum::<u64>()
             + s.manifest_doc.bytes.len() as u64
             + s.config_doc.bytes.len() as u64
-            + s.manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+            + s.manifest
+                .layers
+                .iter()
+                .map(|l| l.size.max(0) as u64)
+                .sum::<u64>();
         let chain = crate::reference::chain_id(s.config.diff_ids());
         ImageInfo {
             id: s.manifest.config.digest.clone(),

@@ -21,6 +21,18 @@ use crate::platform::Matcher;
 pub use inspect::ImageInfo;
 pub use resolve::ResolveError;
 
+/// Reconnect backoff while containerd is unreachable: doubles from min to max.
+const RESYNC_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RESYNC_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A full resync this often, whatever the events said.
+const PERIODIC_RESYNC: Duration = Duration::from_secs(60);
+/// Time the event subscription gets to reach containerd before the listing.
+const SUBSCRIBE_HEADSTART: Duration = Duration::from_millis(50);
+/// Image events buffered between the subscription task and the index.
+const EVENT_QUEUE: usize = 1024;
+/// Inspected targets kept; past this the cache starts over.
+const MAX_CACHED_TARGETS: usize = 50_000;
+
 /// One image as the CRI shows it.
 #[derive(Debug, Clone)]
 pub struct ImageView {
@@ -265,7 +277,7 @@ impl Store {
             Ok(info) => {
                 let info = Arc::new(info);
                 let mut c = self.cache.write();
-                if c.len() > 50_000 {
+                if c.len() > MAX_CACHED_TARGETS {
                     c.clear();
                 }
                 c.insert(target.digest.clone(), info.clone());
@@ -317,10 +329,11 @@ impl Store {
     /// first event, so the subscription runs in its own task that forwards
     /// events; the resync starts once the request is on its way.
     pub async fn run_sync(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RESYNC_BACKOFF_MIN;
         loop {
-            let (tx, mut rx) =
-                tokio::sync::mpsc::channel::<Result<crate::containerd::Envelope, String>>(1024);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<
+                Result<crate::containerd::Envelope, String>,
+            >(EVENT_QUEUE);
             let cd = self.cd.clone();
             let sub = tokio::spawn(async move {
                 match cd.subscribe_images().await {
@@ -340,14 +353,14 @@ impl Store {
                 }
             });
             // Give the subscription a moment to reach containerd before listing.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(SUBSCRIBE_HEADSTART).await;
             match self.resync().await {
                 Ok(()) => {
                     if !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(images = self.len(), "image index in sync with containerd");
                     }
-                    backoff = Duration::from_millis(100);
-                    let mut periodic = tokio::time::interval(Duration::from_secs(60));
+                    backoff = RESYNC_BACKOFF_MIN;
+                    let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
                     periodic.tick().await;
                     loop {
                         tokio::select! {
@@ -373,7 +386,7 @@ impl Store {
             sub.abort();
             self.synced.store(false, Ordering::Release);
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(RESYNC_BACKOFF_MAX);
         }
     }
 
