@@ -20,11 +20,26 @@ pub struct Managed {
     task: tokio::task::JoinHandle<()>,
 }
 
-pub fn config_toml(dir: &Path, snapshotter: &str, certs_d: &Path) -> String {
+/// The major version `containerd --version` reports (1 for 1.6/1.7, 2 for
+/// 2.x): "containerd github.com/containerd/containerd/v2 2.1.9+unknown".
+pub fn major_version(version_output: &str) -> Option<u32> {
+    version_output
+        .split_whitespace()
+        .nth(2)?
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The config for a containerd of `major` version: format 2 for 1.x, format 3
+/// (with 2.x's split CRI plugins) for 2.x, so neither migrates it at start.
+pub fn config_toml(dir: &Path, snapshotter: &str, certs_d: &Path, major: u32) -> String {
     let d = dir.display();
-    format!(
-        r#"version = 2
-root = "{d}/root"
+    let certs = certs_d.display();
+    let common = format!(
+        r#"root = "{d}/root"
 state = "{d}/state"
 
 [grpc]
@@ -32,7 +47,26 @@ state = "{d}/state"
 
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
+"#
+    );
+    if major >= 2 {
+        format!(
+            r#"version = 3
+{common}
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "{snapshotter}"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{certs}"
 
+[plugins."io.containerd.cri.v1.runtime"]
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+"#
+        )
+    } else {
+        format!(
+            r#"version = 2
+{common}
 [plugins."io.containerd.grpc.v1.cri"]
   disable_apparmor = true
   restrict_oom_score_adj = true
@@ -40,9 +74,9 @@ state = "{d}/state"
     snapshotter = "{snapshotter}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs}"
-"#,
-        certs = certs_d.display()
-    )
+"#
+        )
+    }
 }
 
 impl Managed {
@@ -56,7 +90,15 @@ impl Managed {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
         let cfg_path = dir.join("config.toml");
-        std::fs::write(&cfg_path, config_toml(&dir, snapshotter, certs_d))?;
+        let version = tokio::process::Command::new(binary)
+            .arg("--version")
+            .output()
+            .await
+            .with_context(|| format!("running {binary} --version"))?;
+        let version = String::from_utf8_lossy(&version.stdout);
+        let major = major_version(&version).unwrap_or(1);
+        tracing::info!(version = %version.trim(), "managed containerd");
+        std::fs::write(&cfg_path, config_toml(&dir, snapshotter, certs_d, major))?;
         let socket = dir.join("containerd.sock");
         let log = dir.join("containerd.log");
         let (stop, mut rx) = tokio::sync::watch::channel(false);
@@ -148,6 +190,34 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
         let v = *rx.borrow_and_update();
         if v || rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v2 = "containerd github.com/containerd/containerd/v2 2.1.9+unknown ";
+        assert_eq!(major_version(v2), Some(2));
+        let v17 = "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1";
+        assert_eq!(major_version(v17), Some(1));
+        assert_eq!(major_version("containerd github.com/containerd/containerd v1.6.20"), Some(1));
+        assert_eq!(major_version("garbage"), None);
+    }
+
+    #[test]
+    fn config_formats() {
+        let (d, c) = (Path::new("/x"), Path::new("/c"));
+        assert!(config_toml(d, "overlayfs", c, 1).starts_with("version = 2"));
+        let v3 = config_toml(d, "overlayfs", c, 2);
+        assert!(v3.starts_with("version = 3"));
+        assert!(v3.contains(r#"[plugins."io.containerd.cri.v1.images"]"#));
+        for cfg in [config_toml(d, "native", c, 1), v3] {
+            let t: toml::Value = toml::from_str(&cfg).unwrap();
+            assert!(t.get("grpc").is_some());
         }
     }
 }
