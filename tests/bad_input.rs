@@ -4,12 +4,7 @@
 //!
 //!   cargo test --test bad_input -- --nocapture
 
-mod common;
-#[path = "common/fault_proxy.rs"]
-mod fault_proxy;
-
-use common::*;
-use fault_proxy::FaultProxy;
+use cri_imaged_test_rig::*;
 
 use bytes::{Buf, BufMut};
 use k8s_cri::v1 as cri;
@@ -123,7 +118,7 @@ async fn assert_alive(d: &CriImaged) {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_are_invalid_argument() {
     let env = TestEnv::start();
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let mut n = 0;
@@ -241,7 +236,9 @@ async fn malformed_requests_are_invalid_argument() {
 async fn socket_mode_is_applied() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::start();
-    let d = CriImaged::start_with(&env.containerd, "socket_mode: \"0600\"\n");
+    let d = cri_imaged!()
+        .config(|c| c.socket_mode = "0600".into())
+        .start(&env.containerd);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
 }
@@ -395,7 +392,7 @@ async fn tls_is_verified_unless_configured() {
         )
         .unwrap();
     };
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = format!("{}/sec/tls:v1", tls.addr);
@@ -455,7 +452,7 @@ async fn credentials_stay_where_they_belong() {
         ),
     )
     .unwrap();
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = format!("{}/sec/creds:v1", upstream.addr);

@@ -5,8 +5,7 @@
 //! third_party/h2/PATCHED.md. The clients live in tests/clients and are built
 //! by scripts/build-test-clients.sh (run here once per test binary).
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,7 +47,7 @@ async fn setup() -> (TestEnv, CriImaged) {
     let env = TestEnv::start_with(ContainerdOpts::default(), Some((USER, PASSWORD)));
     env.push("real/a", Some("v1"), &small(71)).await;
     env.push("real/b", Some("v1"), &small(72)).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     (env, d)
 }
@@ -84,7 +83,10 @@ async fn grpc_go_client_dialing_like_kubelet() {
         &d,
     );
     assert!(out.contains("go client: all checks passed"), "{out}");
-    assert!(out.contains("ok   ImageFsInfo (connection validation)"), "{out}");
+    assert!(
+        out.contains("ok   ImageFsInfo (connection validation)"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +96,10 @@ async fn python_grpcio_client_all_rpcs() {
     let endpoint = format!("unix://{}", d.socket.display());
     let out = run(
         Command::new(dir.join("venv/bin/python"))
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/cri_client.py"))
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/clients/python/cri_client.py"),
+            )
             .arg("--stubs")
             .arg(dir.join("python-stubs"))
             .arg("--endpoint")

@@ -1,12 +1,9 @@
-#[path = "registry_support/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use cri_imaged::registry::{PullAuth, Registries, RegistryError};
+use cri_imaged_test_rig::*;
 
 fn sh(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

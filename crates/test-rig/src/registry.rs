@@ -1,5 +1,5 @@
 //! A private `docker-registry` (distribution 2.8) per test.
-use super::{free_port, tail_file, wait_for};
+use crate::{free_port, sha256_digest, tail_file, wait_for, Pusher};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -149,6 +149,57 @@ impl Registry {
     /// "127.0.0.1:PORT/<repo>:<tag>"
     pub fn image_ref(&self, repo: &str, tag: &str) -> String {
         format!("{}/{}:{}", self.addr, repo, tag)
+    }
+
+    /// "127.0.0.1:PORT" (same as [`Registry::addr`]).
+    pub fn host(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// A [`Pusher`] for this registry, with its credentials if any.
+    pub fn pusher(&self) -> Pusher {
+        let p = Pusher::new(&self.addr);
+        match &self.auth {
+            Some((u, pw)) => p.with_auth(u, pw),
+            None => p,
+        }
+    }
+
+    /// Upload `data` as a blob of `repo`; returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256_digest(data);
+        self.pusher()
+            .push_blob(repo, &digest, data)
+            .await
+            .expect("push blob");
+        digest
+    }
+
+    /// Push a tiny fixed image (config + one 5000-byte layer, OCI manifest) under
+    /// `tag`; returns (manifest bytes, manifest digest, layer bytes, layer digest).
+    pub async fn push_sample_image(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> (Vec<u8>, String, Vec<u8>, String) {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
+        let layer: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let cd = self.push_blob(repo, &config).await;
+        let ld = self.push_blob(repo, &layer).await;
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{ld}","size":{}}}]}}"#,
+            config.len(),
+            layer.len()
+        )
+        .into_bytes();
+        self.pusher()
+            .put_manifest(repo, tag, &manifest, crate::image::OCI_MANIFEST)
+            .await
+            .expect("put manifest");
+        let md = sha256_digest(&manifest);
+        (manifest, md, layer, ld)
     }
 
     /// Access-log request lines: (method, path, status).
