@@ -97,6 +97,10 @@ fn main() {
 }
 
 async fn run(o: Opts) -> String {
+    // Refuse a bad --daemon-config before anything is started.
+    if let Err(e) = apply_yaml(&mut Config::default(), &o.daemon_config) {
+        die(&format!("--daemon-config: {e}"));
+    }
     let load_start = loadavg();
     let bin = daemon_binary();
     eprintln!("compare: cri-imaged binary {}", bin.display());
@@ -159,7 +163,7 @@ async fn run(o: Opts) -> String {
             // The bench's daemon logs at info and samples ImageFsInfo at the default pace.
             c.log_level = "info".into();
             c.imagefs_sample_interval = Config::default().imagefs_sample_interval;
-            apply_yaml(c, &extra).unwrap_or_else(|e| die(&format!("--daemon-config: {e}")));
+            apply_yaml(c, &extra).expect("--daemon-config was checked at start");
         })
         .start_timeout(Duration::from_secs(30))
         .start(&env.containerd);
