@@ -49,7 +49,7 @@ pub use push::{
     block_on, push, push_blocking, push_index, push_index_blocking, push_with_auth, Pusher,
 };
 pub use registry::http_status;
-pub use registry::Registry;
+pub use registry::{Pki, Registry, RegistryOpts};
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;

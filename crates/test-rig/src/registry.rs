@@ -1,10 +1,12 @@
-//! A private `docker-registry` (distribution 2.8) per test.
+//! A private `docker-registry` (distribution 2.8) per test: plain http by
+//! default, with htpasswd basic auth and/or TLS (a private CA made with
+//! openssl, optionally requiring client certificates) on request.
 use crate::{free_port, sha256_digest, tail_file, wait_for, Pusher};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,27 +19,177 @@ pub struct Registry {
     pub log: PathBuf,
     /// (user, password) when started with auth.
     pub auth: Option<(String, String)>,
+    /// The certificates when serving TLS.
+    pub pki: Option<Pki>,
     child: Option<Child>,
     config: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
+/// Options for [`Registry::start_with`]. `Default` = plain http, no auth,
+/// storage in the registry's temp dir.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOpts {
+    /// htpasswd (bcrypt) basic auth (user, password).
+    pub auth: Option<(String, String)>,
+    /// Serve https with a certificate from a private CA ([`Registry::pki`]).
+    pub tls: bool,
+    /// With `tls`: refuse clients without a certificate signed by the CA.
+    pub require_client_cert: bool,
+    /// Storage root directory (e.g. another registry's `dir/data`, to serve
+    /// the same content); default `<dir>/data`.
+    pub storage: Option<PathBuf>,
+}
+
+/// A private CA (`ca.pem`), a server certificate for 127.0.0.1 and localhost
+/// (`server.pem`/`server.key`) and a client certificate (`client.pem`/
+/// `client.key`), all EC P-256, in `dir`.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    /// Make the CA and both certificates with `openssl` in `dir`.
+    pub fn generate(dir: &Path) -> Pki {
+        let sh = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
+        std::fs::write(dir.join("client.ext"), "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n").unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend_from_slice(&ec);
+        ca.extend_from_slice(&[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rig test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        sh(&ca);
+        // A leaf signed by the CA (webpki refuses a CA certificate used as
+        // the server's own).
+        for (name, ext) in [("server", "leaf.ext"), ("client", "client.ext")] {
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let subj = format!("/CN={name}");
+            let mut req = vec!["req"];
+            req.extend_from_slice(&ec);
+            req.extend_from_slice(&[
+                "-keyout",
+                key.as_str(),
+                "-out",
+                csr.as_str(),
+                "-subj",
+                subj.as_str(),
+            ]);
+            sh(&req);
+            sh(&[
+                "x509",
+                "-req",
+                "-in",
+                csr.as_str(),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                pem.as_str(),
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ]);
+        }
+        Pki {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
 impl Registry {
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_with(RegistryOpts::default())
     }
 
     /// htpasswd (bcrypt) basic auth; unauthenticated requests get 401 with a Basic challenge.
     pub fn start_with_auth(user: &str, pass: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), pass.to_string())))
+        Self::start_with(RegistryOpts {
+            auth: Some((user.to_string(), pass.to_string())),
+            ..Default::default()
+        })
     }
 
-    fn start_inner(auth: Option<(String, String)>) -> Registry {
+    /// https with a private CA; see [`RegistryOpts`].
+    pub fn start_with(opts: RegistryOpts) -> Registry {
+        let RegistryOpts {
+            auth,
+            tls,
+            require_client_cert,
+            storage,
+        } = opts;
         let tmp = tempfile::Builder::new()
             .prefix("reg-")
             .tempdir_in("/tmp")
             .unwrap();
         let dir = tmp.path().to_path_buf();
+        let storage = storage.unwrap_or_else(|| dir.join("data"));
+        let pki = tls.then(|| {
+            let d = dir.join("pki");
+            std::fs::create_dir_all(&d).unwrap();
+            Pki::generate(&d)
+        });
+        let tls_cfg = match &pki {
+            Some(p) => {
+                let mut t = format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    p.server_cert.display(),
+                    p.server_key.display()
+                );
+                if require_client_cert {
+                    t.push_str(&format!("    clientcas:\n      - {}\n", p.ca.display()));
+                }
+                t
+            }
+            None => String::new(),
+        };
         let auth_cfg = if let Some((u, p)) = &auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", u, p])
@@ -60,6 +212,7 @@ impl Registry {
             dir: dir.clone(),
             log,
             auth,
+            pki,
             child: None,
             config: config.clone(),
             _tmp: tmp,
@@ -68,8 +221,8 @@ impl Registry {
         for attempt in 0..5 {
             let port = free_port();
             let cfg = format!(
-                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\n  fields:\n    service: registry\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: rig-secret\n{auth_cfg}",
-                data = dir.join("data").display(),
+                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\n  fields:\n    service: registry\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: rig-secret\n{tls_cfg}{auth_cfg}",
+                data = storage.display(),
             );
             std::fs::write(&config, cfg).unwrap();
             reg.port = port;
@@ -127,11 +280,15 @@ impl Registry {
 
     fn try_wait_ready(&mut self, t: Duration) -> bool {
         let addr = self.addr.clone();
+        let tls = self.pki.is_some();
         let child = self.child.as_mut().unwrap();
         wait_for(
             || {
                 if let Ok(Some(_)) = child.try_wait() {
                     return true; // exited: fail fast
+                }
+                if tls {
+                    return TcpStream::connect(&addr).is_ok();
                 }
                 matches!(http_status(&addr, "GET", "/v2/"), Some(200) | Some(401))
             },
@@ -149,6 +306,11 @@ impl Registry {
     /// "127.0.0.1:PORT/<repo>:<tag>"
     pub fn image_ref(&self, repo: &str, tag: &str) -> String {
         format!("{}/{}:{}", self.addr, repo, tag)
+    }
+
+    /// The CA that signed the server certificate (panics unless TLS).
+    pub fn ca(&self) -> &Path {
+        &self.pki.as_ref().expect("registry started without TLS").ca
     }
 
     /// "127.0.0.1:PORT" (same as [`Registry::addr`]).
