@@ -97,7 +97,7 @@ pub struct Opts {
 
 impl Opts {
     pub fn want(&self, s: u32) -> bool {
-        self.only.as_ref().map_or(true, |v| v.contains(&s))
+        self.only.as_ref().is_none_or(|v| v.contains(&s))
     }
 
     /// Parse the process arguments. Unknown `--flags` (libtest-style flags cargo

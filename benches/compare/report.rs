@@ -169,7 +169,7 @@ pub fn render(r: &Report) -> String {
                 &z.ours_rss_before,
             );
             let met = if *n == largest {
-                if a.map_or(false, |k| k as f64 / 1024.0 <= 50.0) {
+                if a.is_some_and(|k| k as f64 / 1024.0 <= 50.0) {
                     "yes"
                 } else {
                     "**no**"

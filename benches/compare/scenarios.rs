@@ -178,6 +178,7 @@ pub fn phase_sums(text: &str) -> BTreeMap<String, f64> {
 
 // ---------------------------------------------------------------- scenarios
 
+#[allow(clippy::too_many_arguments)]
 pub async fn cold_scenario(
     env: &TestEnv,
     d: &CriImaged,
