@@ -4,17 +4,11 @@
 //!
 //!   cargo test --test bad_input -- --nocapture
 
-mod common;
-#[path = "common/fault_proxy.rs"]
-mod fault_proxy;
-
-use common::*;
-use fault_proxy::FaultProxy;
+use cri_imaged_test_rig::*;
 
 use bytes::{Buf, BufMut};
 use k8s_cri::v1 as cri;
 use std::path::Path;
-use std::time::Duration;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -123,7 +117,7 @@ async fn assert_alive(d: &CriImaged) {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_are_invalid_argument() {
     let env = TestEnv::start();
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let mut n = 0;
@@ -241,138 +235,11 @@ async fn malformed_requests_are_invalid_argument() {
 async fn socket_mode_is_applied() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::start();
-    let d = CriImaged::start_with(&env.containerd, "socket_mode: \"0600\"\n");
+    let d = cri_imaged!()
+        .config(|c| c.socket_mode = "0600".into())
+        .start(&env.containerd);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
-}
-
-/// A docker-registry serving `storage` (another registry's data dir) over TLS.
-struct TlsRegistry {
-    addr: String,
-    /// The CA that signed the registry's certificate.
-    ca: std::path::PathBuf,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl TlsRegistry {
-    fn start(storage: &Path) -> TlsRegistry {
-        let dir = tempfile::Builder::new()
-            .prefix("tlsreg-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        // A private CA and a leaf certificate for 127.0.0.1 signed by it
-        // (webpki refuses a CA certificate used as the server's own).
-        let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
-        let (ca, ca_key, cert, key, csr, ext) = (
-            p("ca.pem"),
-            p("ca.key"),
-            p("cert.pem"),
-            p("key.pem"),
-            p("req.csr"),
-            p("ext.cnf"),
-        );
-        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-        let run = |args: &[&str]| {
-            let st = std::process::Command::new("openssl")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .expect("openssl");
-            assert!(st.success(), "openssl {args:?} failed");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=rig test CA",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca,
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-            "-out",
-            &cert,
-        ]);
-        let (cert, key, ca) = (
-            std::path::PathBuf::from(cert),
-            std::path::PathBuf::from(key),
-            std::path::PathBuf::from(ca),
-        );
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  redirect:\n    disable: true\nhttp:\n  addr: {addr}\n  secret: s\n  tls:\n    certificate: {}\n    key: {}\n",
-                storage.display(),
-                cert.display(),
-                key.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = std::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry");
-        assert!(
-            wait_for(
-                || std::net::TcpStream::connect(&addr).is_ok(),
-                Duration::from_secs(15)
-            ),
-            "TLS registry did not start"
-        );
-        TlsRegistry {
-            addr,
-            ca,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TlsRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -382,7 +249,12 @@ async fn tls_is_verified_unless_configured() {
         .layer(Layer::random(16 << 10, 1), Compression::Gzip)
         .build();
     env.push("sec/tls", Some("v1"), &img).await;
-    let tls = TlsRegistry::start(&env.registry.dir.join("data"));
+    // A second registry serving the same storage over https.
+    let tls = Registry::start_with(RegistryOpts {
+        tls: true,
+        storage: Some(env.registry.dir.join("data")),
+        ..Default::default()
+    });
     let hosts_dir = env.containerd.certs_d.join(&tls.addr);
     std::fs::create_dir_all(&hosts_dir).unwrap();
     let write = |extra: &str| {
@@ -395,7 +267,7 @@ async fn tls_is_verified_unless_configured() {
         )
         .unwrap();
     };
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = format!("{}/sec/tls:v1", tls.addr);
@@ -414,7 +286,7 @@ async fn tls_is_verified_unless_configured() {
     assert!(status(&mut c, &r).await.is_none());
 
     // With its CA configured: works.
-    write(&format!("  ca = \"{}\"\n", tls.ca.display()));
+    write(&format!("  ca = \"{}\"\n", tls.ca().display()));
     assert_eq!(
         pull(&mut c, &r).await.expect("pull with ca"),
         img.config_digest
@@ -455,7 +327,7 @@ async fn credentials_stay_where_they_belong() {
         ),
     )
     .unwrap();
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = format!("{}/sec/creds:v1", upstream.addr);

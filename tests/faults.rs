@@ -5,12 +5,7 @@
 //! Fast variants run in `cargo test`; long variants:
 //!   cargo test --test faults -- --ignored --nocapture --test-threads=1
 
-mod common;
-#[path = "common/fault_proxy.rs"]
-mod fault_proxy;
-
-use common::*;
-use fault_proxy::{Fault, FaultProxy, Rule};
+use cri_imaged_test_rig::*;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -211,7 +206,7 @@ async fn crash_during_pull(kills: usize) {
         env.push(&format!("crash/img{i}"), Some("v1"), img).await;
     }
     let cd = cri_imaged::containerd::Containerd::new(&env.containerd.socket, "k8s.io");
-    let mut d = CriImaged::start(&env.containerd);
+    let mut d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let t = Instant::now();
@@ -356,7 +351,9 @@ async fn containerd_restart_during_pull_and_idle() {
             1,
         ));
     }
-    let d = CriImaged::start_with(&pe.env.containerd, "pull_progress_timeout: 10s\n");
+    let d = cri_imaged!()
+        .config(|c| c.pull_progress_timeout = Duration::from_secs(10))
+        .start(&pe.env.containerd);
     d.wait_synced().await;
     let r = pe.image_ref("ctdrestart/a", "v1");
     let mut c = d.client().await;
@@ -475,7 +472,7 @@ async fn registry_5xx_and_429_are_retried() {
         .add(Rule::new(&format!("/blobs/{l0}"), Fault::Status(503), 1));
     pe.proxy
         .add(Rule::new(&format!("/blobs/{l0}"), Fault::Status(429), 1));
-    let d = CriImaged::start(&pe.env.containerd);
+    let d = cri_imaged!().start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let id = pull(&mut c, &pe.image_ref("faults/retry", "v1"))
@@ -498,7 +495,7 @@ async fn connection_reset_mid_blob_resumes_with_range() {
         Fault::ResetAfter(size / 2),
         1,
     ));
-    let d = CriImaged::start(&pe.env.containerd);
+    let d = cri_imaged!().start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let id = pull(&mut c, &pe.image_ref("faults/reset", "v1"))
@@ -531,7 +528,7 @@ async fn truncated_body_is_resumed() {
         Fault::TruncateAfter(size / 3),
         2,
     ));
-    let d = CriImaged::start(&pe.env.containerd);
+    let d = cri_imaged!().start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = pe.image_ref("faults/trunc", "v1");
@@ -560,7 +557,9 @@ async fn stall_is_detected_by_the_watchdog() {
         Fault::StallAfter(10_000),
         usize::MAX,
     ));
-    let d = CriImaged::start_with(&pe.env.containerd, "pull_progress_timeout: 2s\n");
+    let d = cri_imaged!()
+        .config(|c| c.pull_progress_timeout = Duration::from_secs(2))
+        .start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = pe.image_ref("faults/stall", "v1");
@@ -591,7 +590,9 @@ async fn slow_trickle_is_not_a_stall() {
         Fault::Trickle(64 << 10),
         usize::MAX,
     ));
-    let d = CriImaged::start_with(&pe.env.containerd, "pull_progress_timeout: 2s\n");
+    let d = cri_imaged!()
+        .config(|c| c.pull_progress_timeout = Duration::from_secs(2))
+        .start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let t = Instant::now();
@@ -618,7 +619,7 @@ async fn corrupted_blob_is_data_loss_and_commits_nothing() {
         Fault::Corrupt,
         usize::MAX,
     ));
-    let d = CriImaged::start(&pe.env.containerd);
+    let d = cri_imaged!().start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = pe.image_ref("faults/corrupt", "v1");
@@ -663,7 +664,7 @@ async fn oversized_manifest_and_redirect_loop_fail_cleanly() {
     ));
     pe.proxy
         .add(Rule::new("/faults/loop/", Fault::RedirectLoop, usize::MAX));
-    let d = CriImaged::start(&pe.env.containerd);
+    let d = cri_imaged!().start(&pe.env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -714,7 +715,7 @@ async fn disk_full_is_resource_exhausted_then_recovers() {
     let env = TestEnv::start_with(ContainerdOpts::default().root_tmpfs(96 << 20), None);
     let img = random_image(21, 3, 3 << 20);
     env.push("faults/disk", Some("v1"), &img).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     // Leave ~2 MiB: the ~9 MiB image (plus 9 MiB unpacked) cannot fit.
     let dummy = env.containerd.root.join("dummy-fill");
@@ -758,7 +759,7 @@ async fn concurrent_pulls_removes_and_races() {
     for (i, img) in imgs.iter().enumerate() {
         env.push(&format!("conc/img{i}"), Some("v1"), img).await;
     }
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let refs: Vec<String> = (0..10)
         .map(|i| env.image_ref(&format!("conc/img{i}"), "v1"))

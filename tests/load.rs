@@ -5,8 +5,7 @@
 //!   cargo test --test load -- --ignored --nocapture       (60 s)
 //!   LOAD_SECONDS=30 LOAD_CLIENTS=200 cargo test --test load -- --ignored --nocapture
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use k8s_cri::v1 as cri;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,7 +43,7 @@ async fn load(seconds: u64, clients: usize) {
     for (i, img) in imgs.iter().enumerate() {
         env.push(&format!("load/img{i}"), Some("v1"), img).await;
     }
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let refs: Arc<Vec<String>> = Arc::new(
         (0..n_imgs)

@@ -4,12 +4,7 @@
 //! structured logs (text and JSON) and that no credential ever reaches a log
 //! line or the scrape.
 
-mod common;
-use common::*;
-
-#[path = "common/stall_proxy.rs"]
-mod stall_proxy;
-use stall_proxy::StallProxy;
+use cri_imaged_test_rig::*;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -187,7 +182,7 @@ async fn wait_metric(d: &CriImaged, name: &str, labels: &[(&str, &str)], want: f
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_set_matches_the_contract() {
     let env = TestEnv::start();
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let s = wait_metric(&d, "cri_imaged_containerd_up", &[], 1.0).await;
     let f = families(&s.text);
@@ -277,7 +272,7 @@ async fn counters_and_histograms_move() {
     env.push_index("obsrepo/armonly", Some("v1"), &arm_only)
         .await;
 
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -544,9 +539,11 @@ async fn stalled_pull_is_counted_as_stalled() {
         .layer(Layer::random(2 << 20, 41), Compression::None)
         .build();
     env.push("obsrepo/stall", Some("v1"), &img).await;
-    let proxy = StallProxy::start(env.registry_addr(), &img.layer_digests()[1], 128 * 1024);
+    let proxy = FaultProxy::stalling(env.registry_addr(), &img.layer_digests()[1], 128 * 1024);
     write_hosts_toml(&env.containerd.certs_d, &proxy.addr, &proxy.addr);
-    let d = CriImaged::start_with(&env.containerd, "pull_progress_timeout: 1s\n");
+    let d = cri_imaged!()
+        .config(|c| c.pull_progress_timeout = Duration::from_secs(1))
+        .start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = format!("{}/obsrepo/stall:v1", proxy.addr);
@@ -608,7 +605,7 @@ async fn stalled_pull_is_counted_as_stalled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_follows_containerd() {
     let mut env = TestEnv::start();
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     assert!(
         wait_for_async(
@@ -751,7 +748,7 @@ async fn logs_are_structured_and_never_contain_credentials() {
     env.push("obsrepo/private2", Some("v1"), &img2).await;
 
     // ---- text format
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let s0 = scrape(&d).await;
@@ -809,7 +806,9 @@ async fn logs_are_structured_and_never_contain_credentials() {
     drop(d);
 
     // ---- JSON format (other images, so the pulls go to the registry again)
-    let d = CriImaged::start_with(&env.containerd, "log_format: json\n");
+    let d = cri_imaged!()
+        .config(|c| c.log_format = LogFormat::Json)
+        .start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     auth_pulls(&env, &mut c, "obsrepo/private2").await;

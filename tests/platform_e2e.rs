@@ -1,8 +1,7 @@
 //! Platform selection end to end: which manifest of an index a PullImage
 //! chooses for the node's platform(s), and the NOT_FOUND answer when none fits.
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use serde_json::json;
 use tonic::Code;
@@ -20,7 +19,7 @@ async fn multi_arch_index_resolves_to_the_node_platform() {
     let imgs = standard_images();
     env.push_index("std/multi-arch", Some("v1"), &imgs.multi_arch)
         .await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -75,7 +74,9 @@ async fn configured_platform_arm_v7_and_v6_fallback() {
         .await;
     env.push_index("std/arm-only", Some("v1"), &imgs.arm_only)
         .await;
-    let d = CriImaged::start_with(&env.containerd, "platforms: [linux/arm/v7]\n");
+    let d = cri_imaged!()
+        .config(|c| c.platforms = vec!["linux/arm/v7".into()])
+        .start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -126,7 +127,7 @@ async fn no_matching_platform_is_not_found_naming_both_sides() {
     env.push_index("std/arm64-only", Some("v1"), &idx).await;
     env.push_index("std/arm-only", Some("v1"), &imgs.arm_only)
         .await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 

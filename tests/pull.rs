@@ -3,12 +3,7 @@
 //! records and GC labels, registry auth, hosts.toml mirrors, single-flight,
 //! the stall watchdog, caller deadlines, crash/resume and warm pulls.
 
-mod common;
-use common::*;
-
-#[path = "common/stall_proxy.rs"]
-mod stall_proxy;
-use stall_proxy::StallProxy;
+use cri_imaged_test_rig::*;
 
 use std::time::{Duration, Instant};
 
@@ -263,7 +258,7 @@ async fn pull_reference_forms_and_warm_pull() {
     env.push("forms/latest", Some("latest"), &latest).await;
     env.push("forms/digest", None, &by_digest).await;
     env.push("forms/tagdigest", Some("v2"), &tag_digest).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let a = env.registry_addr().to_string();
@@ -447,7 +442,7 @@ async fn pull_media_types_compressions_and_multi_arch() {
     env.push_index("media/multi-docker", Some("v1"), &list_idx)
         .await;
 
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -546,7 +541,7 @@ async fn pull_with_basic_auth() {
     env.push("auth/a", Some("v1"), &i1).await;
     env.push("auth/b", Some("v1"), &i2).await;
     env.push("auth/c", Some("v1"), &i3).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let addr = env.registry_addr().to_string();
@@ -651,7 +646,7 @@ async fn hosts_toml_mirror_down_and_mapped_host() {
     )
     .unwrap();
     env.map_host("gcr.io");
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -696,7 +691,7 @@ async fn concurrent_pulls_share_one_download() {
         .layer(Layer::random(1 << 20, 63), Compression::None)
         .build();
     env.push("conc/img", Some("v1"), &img).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let c = d.client().await;
     let r = env.image_ref("conc/img", "v1");
@@ -751,9 +746,11 @@ async fn stalled_registry_fails_the_pull() {
         .build();
     env.push("stall/img", Some("v1"), &img).await;
     let stalled = img.layer_digests()[1].clone();
-    let proxy = StallProxy::start(env.registry_addr(), &stalled, 256 * 1024);
+    let proxy = FaultProxy::stalling(env.registry_addr(), &stalled, 256 * 1024);
     write_hosts_toml(&env.containerd.certs_d, &proxy.addr, &proxy.addr);
-    let d = CriImaged::start_with(&env.containerd, "pull_progress_timeout: 2s\n");
+    let d = cri_imaged!()
+        .config(|c| c.pull_progress_timeout = Duration::from_secs(2))
+        .start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -789,7 +786,7 @@ async fn stalled_registry_fails_the_pull() {
         "no stalled failure in metrics:\n{m}"
     );
     // What was written stays usable: once the registry behaves, a retry works.
-    proxy.set_enabled(false);
+    proxy.clear_rules();
     let id = pull(&mut c, &r).await.expect("retry after the stall");
     assert_eq!(id, img.config_digest);
     assert_eq!(proxy.stalls(), 1);
@@ -803,7 +800,7 @@ async fn one_millisecond_deadline_is_deadline_exceeded() {
         .layer(Layer::random(1 << 20, 81), Compression::None)
         .build();
     env.push("deadline/img", Some("v1"), &img).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = env.image_ref("deadline/img", "v1");
@@ -861,12 +858,14 @@ async fn crash_mid_pull_then_resume() {
     env.push("crash/img", Some("v1"), &img).await;
     let layers = img.layer_digests();
     // Hold the last layer after 3 MiB so the kill lands mid-pull, deterministically.
-    let proxy = StallProxy::start(env.registry_addr(), &layers[3], 3 << 20);
+    let proxy = FaultProxy::stalling(env.registry_addr(), &layers[3], 3 << 20);
     write_hosts_toml(&env.containerd.certs_d, &proxy.addr, &proxy.addr);
-    let mut d = CriImaged::start_with(
-        &env.containerd,
-        "pull_progress_timeout: 60s\nmax_concurrent_downloads_per_pull: 3\n",
-    );
+    let mut d = cri_imaged!()
+        .config(|c| {
+            c.pull_progress_timeout = Duration::from_secs(60);
+            c.max_concurrent_downloads_per_pull = 3;
+        })
+        .start(&env.containerd);
     d.wait_synced().await;
     let r = format!("{}/crash/img:v1", proxy.addr);
 
@@ -906,7 +905,7 @@ async fn crash_mid_pull_then_resume() {
     );
     assert!(records_matching(cd, "crash/img").is_empty());
 
-    proxy.set_enabled(false);
+    proxy.clear_rules();
     d.start_again();
     d.wait_synced().await;
     let mut c = d.client().await;

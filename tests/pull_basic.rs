@@ -1,8 +1,7 @@
 //! PullImage against a real containerd and registry: the records, the CRI
 //! fields and interop with containerd's own CRI image service.
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use k8s_cri::v1 as cri;
 
@@ -11,7 +10,7 @@ async fn pull_by_tag_then_status_by_every_form() {
     let env = TestEnv::start();
     let imgs = standard_images();
     env.push("std/u1002", Some("v1"), &imgs.user_1002).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 

@@ -1,8 +1,7 @@
 //! Pull options: pinned images from config, the per-runtime-handler
 //! snapshotter, and blobs already present in another namespace.
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use k8s_cri::v1 as cri;
 
@@ -17,7 +16,12 @@ async fn pinned_images_are_labelled_and_reported() {
     env.push("opt/pinned", Some("v1"), &imgs.user_1002).await;
     env.push("opt/plain", Some("v1"), &imgs.user_www_data).await;
     let pinned = env.image_ref("opt/pinned", "v1");
-    let d = CriImaged::start_with(&env.containerd, &format!("pinned_images: [\"{pinned}\"]\n"));
+    let d = {
+        let pinned = pinned.clone();
+        cri_imaged!()
+            .config(move |c| c.pinned_images = vec![pinned])
+            .start(&env.containerd)
+    };
     d.wait_synced().await;
     let mut c = d.client().await;
     pull(&mut c, &pinned).await.unwrap();
@@ -44,10 +48,12 @@ async fn runtime_handler_selects_its_snapshotter() {
     let env = TestEnv::start();
     let imgs = standard_images();
     env.push("opt/handler", Some("v1"), &imgs.user_1002).await;
-    let d = CriImaged::start_with(
-        &env.containerd,
-        "runtime_handler_snapshotters: {alt: native}\n",
-    );
+    let d = cri_imaged!()
+        .config(|c| {
+            c.runtime_handler_snapshotters
+                .insert("alt".into(), "native".into());
+        })
+        .start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = env.image_ref("opt/handler", "v1");
@@ -111,7 +117,7 @@ async fn blobs_present_in_another_namespace_are_not_fetched() {
         .collect();
     assert!(before.iter().all(|n| *n == 1), "{before:?}");
 
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     assert_eq!(pull(&mut c, &r).await.unwrap(), img.config_digest);

@@ -5,8 +5,7 @@
 //! third_party/h2/PATCHED.md. The clients live in tests/clients and are built
 //! by scripts/build-test-clients.sh (run here once per test binary).
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,7 +47,7 @@ async fn setup() -> (TestEnv, CriImaged) {
     let env = TestEnv::start_with(ContainerdOpts::default(), Some((USER, PASSWORD)));
     env.push("real/a", Some("v1"), &small(71)).await;
     env.push("real/b", Some("v1"), &small(72)).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     (env, d)
 }

@@ -1,11 +1,8 @@
-#[path = "registry_support/mod.rs"]
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
 use cri_imaged::registry::{PullAuth, Registries, RegistryError};
+use cri_imaged_test_rig::*;
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -304,7 +301,7 @@ async fn creds_not_sent_to_foreign_mirror() {
 async fn manifest_checks() {
     let big = vec![b' '; 4 * 1024 * 1024 + 1];
     let body = manifest_body();
-    let good_digest = sha(&body);
+    let good_digest = sha256_digest(&body);
     let gd = good_digest.clone();
     let reg = Mock::start(Arc::new(move |req: &SeenRequest| {
         match req.path.rsplit('/').next().unwrap() {

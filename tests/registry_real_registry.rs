@@ -1,8 +1,5 @@
-#[path = "registry_support/mod.rs"]
-mod common;
-
-use common::*;
 use cri_imaged::registry::{PullAuth, Registries, RegistryError};
+use cri_imaged_test_rig::*;
 use futures::StreamExt;
 
 async fn collect(b: cri_imaged::registry::Blob) -> Vec<u8> {
@@ -16,8 +13,8 @@ async fn collect(b: cri_imaged::registry::Blob) -> Vec<u8> {
 
 #[tokio::test]
 async fn pull_manifest_and_blob() {
-    let reg = TestRegistry::start(None).await;
-    let (mbytes, mdigest, layer, ldigest) = reg.push_image("test/app", "v1").await;
+    let reg = Registry::start();
+    let (mbytes, mdigest, layer, ldigest) = reg.push_sample_image("test/app", "v1").await;
     let cfg = tempfile::tempdir().unwrap();
     write_hosts(
         cfg.path(),
@@ -67,7 +64,13 @@ async fn pull_manifest_and_blob() {
     assert!(matches!(e, RegistryError::NotFound(_)), "{e:?}");
     assert!(e.to_string().contains("manifest unknown"), "{e}");
     let e = r
-        .get_blob(&reg.host(), "test/app", &sha(b"missing"), 0, &none)
+        .get_blob(
+            &reg.host(),
+            "test/app",
+            &sha256_digest(b"missing"),
+            0,
+            &none,
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, RegistryError::NotFound(_)), "{e:?}");
@@ -83,8 +86,8 @@ async fn pull_manifest_and_blob() {
 
 #[tokio::test]
 async fn basic_auth_forms() {
-    let reg = TestRegistry::start(Some(("user", "pass"))).await;
-    let (mbytes, _, layer, ldigest) = reg.push_image("secure/app", "latest").await;
+    let reg = Registry::start_with_auth("user", "pass");
+    let (mbytes, _, layer, ldigest) = reg.push_sample_image("secure/app", "latest").await;
     let cfg = tempfile::tempdir().unwrap();
     write_hosts(
         cfg.path(),
@@ -170,8 +173,8 @@ async fn basic_auth_forms() {
 
 #[tokio::test]
 async fn mirror_fallthrough_and_gcr_mapping() {
-    let reg = TestRegistry::start(None).await;
-    let (mbytes, mdigest, layer, ldigest) = reg.push_image("library/busybox", "1.36").await;
+    let reg = Registry::start();
+    let (mbytes, mdigest, layer, ldigest) = reg.push_sample_image("library/busybox", "1.36").await;
     let closed = free_port();
     let cfg = tempfile::tempdir().unwrap();
     write_hosts(

@@ -1,8 +1,6 @@
 //! Smoke test of the integration-test rig itself (containerd + registry + image builder).
-mod common;
 
-use common::image::base_layer;
-use common::*;
+use cri_imaged_test_rig::*;
 use std::time::{Duration, Instant};
 
 fn pid_alive(pid: u32) -> bool {

@@ -3,8 +3,7 @@
 //! out-of-band changes, containerd outages, bad requests, the socket's life
 //! cycle and `--managed-containerd`.
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -85,7 +84,7 @@ async fn list_and_status_by_every_form_and_user_fields() {
     for t in ["t1", "t2", "t3"] {
         env.push("std/multi-tag", Some(t), &multi).await;
     }
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     assert!(list(&mut c).await.is_empty());
@@ -232,7 +231,7 @@ async fn remove_by_one_tag_removes_every_record_and_concurrent_removes_succeed()
     }
     let keep = small(22);
     env.push("rm/keep", Some("v1"), &keep).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     for t in ["a", "b", "c"] {
@@ -314,7 +313,7 @@ async fn same_image_via_two_registries_is_one_id_and_one_removal() {
     env.map_host("gcr.io");
     let img = small(31);
     env.push("two/img", Some("v1"), &img).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -364,7 +363,7 @@ async fn out_of_band_ctr_changes_show_within_a_second() {
     let other = small(42);
     env.push("oob/img", Some("v1"), &img).await;
     env.push("oob/ctr", Some("v1"), &other).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -443,7 +442,7 @@ async fn image_fs_info_reports_the_snapshotter_root() {
         .layer(Layer::random(256 * 1024, 51), Compression::Gzip)
         .build();
     env.push("fs/img", Some("v1"), &img).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
 
@@ -508,7 +507,9 @@ async fn image_fs_info_is_resampled_after_pull_and_remove() {
         .layer(Layer::random(512 * 1024, 52), Compression::Gzip)
         .build();
     env.push("fs/resample", Some("v1"), &img).await;
-    let d = CriImaged::start_with(&env.containerd, "imagefs_sample_interval: 1h");
+    let d = cri_imaged!()
+        .config(|c| c.imagefs_sample_interval = Duration::from_secs(3600))
+        .start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let used = |u: &cri::FilesystemUsage| u.used_bytes.as_ref().map(|b| b.value).unwrap_or(0);
@@ -556,7 +557,7 @@ async fn containerd_down_is_unavailable_then_recovers_without_restart() {
     let img2 = small(62);
     env.push("out/img", Some("v1"), &img).await;
     env.push("out/img2", Some("v1"), &img2).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let r = env.image_ref("out/img", "v1");
@@ -659,7 +660,7 @@ async fn bad_requests_are_invalid_argument_and_the_server_keeps_serving() {
     let (a, b, common) = colliding_pair();
     env.push("amb/a", Some("v1"), &a).await;
     env.push("amb/b", Some("v1"), &b).await;
-    let d = CriImaged::start(&env.containerd);
+    let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     assert_eq!(
@@ -751,7 +752,7 @@ async fn bad_requests_are_invalid_argument_and_the_server_keeps_serving() {
 async fn socket_mode_stale_socket_second_instance_and_sigterm() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let env = TestEnv::start();
-    let mut d = CriImaged::start(&env.containerd);
+    let mut d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert!(meta.file_type().is_socket());
@@ -846,7 +847,9 @@ fn listen_path_that_is_not_a_socket_is_left_alone() {
 async fn socket_mode_is_configurable() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::start();
-    let d = CriImaged::start_with(&env.containerd, "socket_mode: \"0600\"\n");
+    let d = cri_imaged!()
+        .config(|c| c.socket_mode = "0600".into())
+        .start(&env.containerd);
     d.wait_synced().await;
     assert_eq!(
         std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o7777,

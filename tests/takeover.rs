@@ -1,8 +1,7 @@
 //! socket_takeover: a new instance takes the socket over from a live one (the
 //! chart's surge upgrade), and the old one's exit leaves the new socket alone.
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
@@ -11,24 +10,16 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread")]
 async fn new_instance_takes_the_socket_over() {
     let env = TestEnv::start();
-    let mut old = CriImaged::start(&env.containerd);
+    let mut old = cri_imaged!().start(&env.containerd);
     old.wait_synced().await;
     let ino_old = std::fs::metadata(&old.socket).unwrap().ino();
 
-    let text = std::fs::read_to_string(&old.config).unwrap();
     let cfg2 = old.dir.path().join("new.yaml");
-    let text2 = text
-        .lines()
-        .filter(|l| !l.starts_with("metrics_address"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + &format!(
-            "\nmetrics_address: \"{}\"\nsocket_takeover: true\n",
-            old.metrics_addr
-        );
-    std::fs::write(&cfg2, text2).unwrap();
+    let mut cfg = old.cfg.clone();
+    cfg.socket_takeover = true;
+    write_config(&cfg2, &cfg);
     let log2 = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
-    let mut new = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
+    let mut new = Command::new(old.binary())
         .args(["serve", "--config"])
         .arg(&cfg2)
         .stdin(Stdio::null())

@@ -9,63 +9,132 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{wait_for, Containerd};
+use crate::{wait_for, Containerd};
 
+pub use cri_imaged::config::{Config, LogFormat};
+
+/// The running daemon; killed on drop (its log tail is printed if the test panics).
 pub struct CriImaged {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The config file written from [`CriImaged::cfg`].
     pub config: PathBuf,
+    /// The configuration the daemon was started with.
+    pub cfg: Config,
     pub log: PathBuf,
     pub metrics_addr: String,
+    bin: PathBuf,
+    start_timeout: Duration,
     child: Option<Child>,
 }
 
-/// The daemon under test: this build's binary, or `CRI_IMAGED_TEST_BIN` (to run
-/// a test against another build, e.g. to show that a test fails without a fix).
-pub fn daemon_binary() -> PathBuf {
+/// The daemon under test: `CRI_IMAGED_TEST_BIN` if set (to run a test against
+/// another build, e.g. to show that a test fails without a fix), else `built`
+/// (the caller's `env!("CARGO_BIN_EXE_cri-imaged")`; see [`cri_imaged!`]).
+pub fn daemon_binary(built: impl Into<PathBuf>) -> PathBuf {
     std::env::var_os("CRI_IMAGED_TEST_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cri-imaged")))
+        .unwrap_or_else(|| built.into())
 }
 
-/// Extra YAML lines for the daemon config.
-pub fn daemon_config(c: &Containerd, dir: &Path, metrics_addr: &str, extra: &str) -> String {
-    let sample = if extra.contains("imagefs_sample_interval:") {
-        ""
-    } else {
-        "imagefs_sample_interval: 200ms\n"
+/// A [`DaemonBuilder`] for this build's `cri-imaged` binary (or
+/// `CRI_IMAGED_TEST_BIN`). Only usable from the cri-imaged package's
+/// integration tests and benches, where cargo sets `CARGO_BIN_EXE_cri-imaged`.
+///
+/// `cri_imaged!().start(&env.containerd)`,
+/// `cri_imaged!().config(|c| c.pull_progress_timeout = Duration::from_secs(2)).start(&cd)`.
+#[macro_export]
+macro_rules! cri_imaged {
+    () => {
+        $crate::CriImaged::builder($crate::daemon_binary(env!("CARGO_BIN_EXE_cri-imaged")))
     };
-    format!(
-        "listen: {sock}\ncontainerd_address: {cd}\ncontainerd_root: {root}\nsnapshotter: {snap}\nregistry_config_path: {certs}\nmetrics_address: \"{metrics_addr}\"\n{sample}log_level: \"info,cri_imaged=debug\"\n{extra}\n",
-        sock = dir.join("cri.sock").display(),
-        cd = c.socket.display(),
-        root = c.root.display(),
-        snap = c.snapshotter,
-        certs = c.certs_d.display(),
-    )
 }
 
-impl CriImaged {
-    pub fn start(c: &Containerd) -> CriImaged {
-        Self::start_with(c, "")
+/// The test defaults for a daemon on `c`: socket and metrics port private to
+/// `dir`, containerd's paths and snapshotter, a fast ImageFsInfo sample and
+/// debug logs for cri-imaged.
+pub fn daemon_config(c: &Containerd, dir: &Path, metrics_addr: &str) -> Config {
+    Config {
+        listen: dir.join("cri.sock"),
+        containerd_address: c.socket.clone(),
+        containerd_root: c.root.clone(),
+        snapshotter: c.snapshotter.clone(),
+        registry_config_path: c.certs_d.clone(),
+        metrics_address: metrics_addr.to_string(),
+        imagefs_sample_interval: Duration::from_millis(200),
+        log_level: "info,cri_imaged=debug".into(),
+        ..Config::default()
+    }
+}
+
+/// Write `cfg` as the daemon's YAML config file.
+pub fn write_config(path: &Path, cfg: &Config) {
+    let text = serde_yaml::to_string(cfg).expect("serialise Config");
+    std::fs::write(path, text).unwrap();
+}
+
+type ConfigEdit = Box<dyn FnOnce(&mut Config)>;
+
+/// How to start a [`CriImaged`]: which binary, config changes on top of
+/// [`daemon_config`], how long to wait for the socket.
+pub struct DaemonBuilder {
+    bin: PathBuf,
+    edits: Vec<ConfigEdit>,
+    start_timeout: Duration,
+}
+
+impl DaemonBuilder {
+    /// Change the config (applied in order, after the test defaults).
+    pub fn config(mut self, f: impl FnOnce(&mut Config) + 'static) -> Self {
+        self.edits.push(Box::new(f));
+        self
     }
 
-    /// Start with extra config YAML; waits until the socket answers.
-    pub fn start_with(c: &Containerd, extra: &str) -> CriImaged {
+    /// How long to wait for the socket to answer (default 20 s).
+    pub fn start_timeout(mut self, t: Duration) -> Self {
+        self.start_timeout = t;
+        self
+    }
+
+    /// Write the config and start; returns once the socket answers.
+    pub fn start(self, c: &Containerd) -> CriImaged {
         let dir = tempfile::Builder::new().prefix("crid-").tempdir().unwrap();
-        let metrics_addr = format!("127.0.0.1:{}", super::free_port());
+        let metrics_addr = format!("127.0.0.1:{}", crate::free_port());
+        let mut cfg = daemon_config(c, dir.path(), &metrics_addr);
+        for f in self.edits {
+            f(&mut cfg);
+        }
         let config = dir.path().join("config.yaml");
-        std::fs::write(&config, daemon_config(c, dir.path(), &metrics_addr, extra)).unwrap();
+        write_config(&config, &cfg);
         let mut d = CriImaged {
-            socket: dir.path().join("cri.sock"),
+            socket: cfg.listen.clone(),
             log: dir.path().join("cri-imaged.log"),
+            metrics_addr: cfg.metrics_address.clone(),
             config,
-            metrics_addr,
+            cfg,
             dir,
+            bin: self.bin,
+            start_timeout: self.start_timeout,
             child: None,
         };
         d.start_again();
         d
+    }
+}
+
+impl CriImaged {
+    /// A builder running `bin` (usually via [`cri_imaged!`]).
+    pub fn builder(bin: impl Into<PathBuf>) -> DaemonBuilder {
+        DaemonBuilder {
+            bin: bin.into(),
+            edits: Vec::new(),
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// The binary this daemon runs.
+    pub fn binary(&self) -> &Path {
+        &self.bin
     }
 
     pub fn start_again(&mut self) {
@@ -74,7 +143,7 @@ impl CriImaged {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(daemon_binary())
+        let child = Command::new(&self.bin)
             .args(["serve", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -87,11 +156,27 @@ impl CriImaged {
         assert!(
             wait_for(
                 || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
-                Duration::from_secs(20)
+                self.start_timeout
             ),
             "cri-imaged did not start: {}",
-            super::tail_file(&self.log, 40)
+            crate::tail_file(&self.log, 40)
         );
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The metrics server's `/metrics` text ("" if it does not answer).
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -153,7 +238,7 @@ impl CriImaged {
         }
         panic!(
             "cri-imaged never synced: {}",
-            super::tail_file(&self.log, 40)
+            crate::tail_file(&self.log, 40)
         );
     }
 }
@@ -164,7 +249,7 @@ impl Drop for CriImaged {
         if std::thread::panicking() {
             eprintln!(
                 "--- cri-imaged log ---\n{}",
-                super::tail_file(&self.log, 60)
+                crate::tail_file(&self.log, 60)
             );
         }
     }
@@ -290,4 +375,32 @@ pub async fn assert_invalid_everywhere(
         "RemoveImage {image:?}: {e:?}"
     );
     3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the launcher writes is what the daemon reads back.
+    #[test]
+    fn config_round_trips_through_yaml() {
+        let mut cfg = Config {
+            listen: "/tmp/x/cri.sock".into(),
+            metrics_address: "127.0.0.1:1234".into(),
+            imagefs_sample_interval: Duration::from_millis(200),
+            pull_progress_timeout: Duration::from_secs(2),
+            socket_mode: "0600".into(),
+            platforms: vec!["linux/arm/v7".into()],
+            pinned_images: vec!["127.0.0.1:5000/a:b".into()],
+            log_format: LogFormat::Json,
+            log_level: "info,cri_imaged=debug".into(),
+            ..Config::default()
+        };
+        cfg.runtime_handler_snapshotters
+            .insert("alt".into(), "native".into());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        write_config(&p, &cfg);
+        assert_eq!(Config::load(&p).unwrap(), cfg);
+    }
 }

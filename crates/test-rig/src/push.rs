@@ -1,5 +1,5 @@
 //! Push images to a registry over the distribution HTTP API (plain http).
-use super::image::{BuiltImage, BuiltIndex};
+use crate::image::{BuiltImage, BuiltIndex};
 use anyhow::{bail, Context, Result};
 use reqwest::StatusCode;
 

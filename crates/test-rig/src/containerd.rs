@@ -1,5 +1,5 @@
 //! A private containerd per test.
-use super::{mount_tmpfs, tail_file, unmount_under, wait_for};
+use crate::{mount_tmpfs, tail_file, unmount_under, wait_for};
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;

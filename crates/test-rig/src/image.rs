@@ -1,6 +1,6 @@
 //! Deterministic image builder: same inputs -> same bytes -> same digests.
 //! Tars have mtime 0, uid/gid 0, sorted entries; gzip has no name/mtime.
-use super::sha256_digest;
+use crate::sha256_digest;
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -683,7 +683,7 @@ impl StandardImages {
     ];
 
     /// Push all six to `addr` under [`REPOS`](Self::REPOS).
-    pub async fn push_all(&self, p: &super::Pusher) {
+    pub async fn push_all(&self, p: &crate::Pusher) {
         let r = Self::REPOS;
         p.push_image(r[0].0, Some(r[0].1), &self.user_1002)
             .await

@@ -7,9 +7,10 @@
 //! buffers the response and sends it back — unless a [`Rule`] matching the
 //! request injects a fault instead.
 //!
-//! Use from a test file with `#[path = "common/fault_proxy.rs"] mod fault_proxy;`
-//! (next to `mod common;`). The proxy runs on its own runtime thread.
-#![allow(dead_code)]
+//! A stalling registry (blob GETs of one digest hang after some bytes, as
+//! long as the rule stays) is [`Rule::stall_blob`]; [`FaultProxy::stalls`]
+//! counts the responses held. The proxy runs on its own runtime thread, so it
+//! works from sync and async tests alike.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,18 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Every GET of `/blobs/<digest>` gets its headers and `after_bytes` body
+    /// bytes, then nothing more (the connection stays open), until the rule
+    /// is removed with [`FaultProxy::clear_rules`]. Connections already
+    /// stalled stay stalled.
+    pub fn stall_blob(digest: &str, after_bytes: usize) -> Rule {
+        Rule::new(
+            &format!("/blobs/{digest}"),
+            Fault::StallAfter(after_bytes),
+            usize::MAX,
+        )
+    }
+
     pub fn new(path_contains: &str, fault: Fault, times: usize) -> Rule {
         Rule {
             method: "GET".into(),
@@ -92,6 +105,7 @@ struct Shared {
     rules: Mutex<Vec<RuleState>>,
     log: Mutex<Vec<LogEntry>>,
     faults_injected: AtomicUsize,
+    stalls: AtomicUsize,
     client: reqwest::Client,
 }
 
@@ -99,7 +113,7 @@ pub struct FaultProxy {
     /// "127.0.0.1:PORT"
     pub addr: String,
     shared: Arc<Shared>,
-    _server: crate::common::loopback::LoopbackServer,
+    _server: crate::loopback::LoopbackServer,
 }
 
 impl FaultProxy {
@@ -110,6 +124,7 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             faults_injected: AtomicUsize::new(0),
+            stalls: AtomicUsize::new(0),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
@@ -117,7 +132,7 @@ impl FaultProxy {
                 .unwrap(),
         });
         let sh = shared.clone();
-        let server = crate::common::loopback::LoopbackServer::start(move |sock| {
+        let server = crate::loopback::LoopbackServer::start(move |sock| {
             let sh = sh.clone();
             async move {
                 let _ = serve_conn(sh, sock).await;
@@ -150,6 +165,19 @@ impl FaultProxy {
 
     pub fn faults_injected(&self) -> usize {
         self.shared.faults_injected.load(Ordering::SeqCst)
+    }
+
+    /// Start a proxy to `upstream` that stalls blob GETs of `digest` after
+    /// `after_bytes` body bytes ([`Rule::stall_blob`]).
+    pub fn stalling(upstream: &str, digest: &str, after_bytes: usize) -> FaultProxy {
+        let p = FaultProxy::start(upstream);
+        p.add(Rule::stall_blob(digest, after_bytes));
+        p
+    }
+
+    /// How many responses were stalled ([`Fault::StallAfter`]) so far.
+    pub fn stalls(&self) -> usize {
+        self.shared.stalls.load(Ordering::SeqCst)
     }
 
     /// Requests whose path ends with `/blobs/<digest>`.
@@ -421,6 +449,7 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                     }
                     _ => {
                         // Stall: keep the socket open, send nothing.
+                        sh.stalls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
                 }
