@@ -3,8 +3,7 @@
 //! entries lack `platform`, carry an unusual or empty media type, or nest
 //! another index. Both go through `cri_imaged::select`.
 
-mod common;
-use common::*;
+use cri_imaged_test_rig::*;
 
 use serde_json::{json, Value};
 
@@ -94,7 +93,7 @@ async fn pull_and_index_agree_on_unusual_indexes() {
         p.put_manifest("sel/img", tag, &b, OCI_INDEX).await.unwrap();
     }
 
-    let mut d = CriImaged::start(&env.containerd);
+    let mut d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let mut c = d.client().await;
     let mut pulled = Vec::new();
