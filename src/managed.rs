@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(major_version(v2), Some(2));
         let v17 = "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1";
         assert_eq!(major_version(v17), Some(1));
-        assert_eq!(major_version("containerd github.com/containerd/containerd v1.6.20"), Some(1));
+        assert_eq!(
+            major_version("containerd github.com/containerd/containerd v1.6.20"),
+            Some(1)
+        );
         assert_eq!(major_version("garbage"), None);
     }
 

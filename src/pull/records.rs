@@ -24,12 +24,48 @@ pub(super) fn names(reference: &Reference, target: &str, image_id: &str) -> Vec<
     names
 }
 
-/// `containerd.io/distribution.source.<domain>=<repo>`.
+/// `containerd.io/distribution.source.<host>=<repo>`, with the host as
+/// containerd writes it: the reference's domain without its port (Go's
+/// `url.Hostname()`), so `localhost:5000/a` gives `...source.localhost=a`.
 pub(super) fn source_label(domain: &str, repo: &str) -> (String, String) {
     (
-        format!("{}{domain}", labels::DISTRIBUTION_SOURCE_PREFIX),
+        format!("{}{}", labels::DISTRIBUTION_SOURCE_PREFIX, hostname(domain)),
         repo.to_string(),
     )
+}
+
+/// `host[:port]` or `[v6]:port` without the port (and brackets).
+fn hostname(domain: &str) -> &str {
+    if let Some(rest) = domain.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match domain.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => domain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_label_drops_the_port_like_containerd() {
+        let key = |d| source_label(d, "r").0;
+        assert_eq!(
+            key("docker.io"),
+            "containerd.io/distribution.source.docker.io"
+        );
+        assert_eq!(
+            key("localhost:5000"),
+            "containerd.io/distribution.source.localhost"
+        );
+        assert_eq!(
+            key("127.0.0.1:43211"),
+            "containerd.io/distribution.source.127.0.0.1"
+        );
+        assert_eq!(key("[::1]:5000"), "containerd.io/distribution.source.::1");
+    }
 }
 
 /// Write config, manifest and indexes (children first), each with the GC

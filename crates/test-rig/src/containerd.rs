@@ -57,6 +57,170 @@ impl ContainerdOpts {
     }
 }
 
+/// The containerd the tests run against: `CRI_IMAGED_CONTAINERD` = `1.6`
+/// (default: the machine's `containerd`, Debian bookworm's 1.6.20), `1.7` or
+/// `2.1` (Debian trixie's and sid's packages, unpacked under `target/` by
+/// `scripts/containerd-versions.sh`, which records the exact versions).
+#[derive(Debug, Clone)]
+pub struct ContainerdVersion {
+    /// "1.6", "1.7", "2.1".
+    pub name: String,
+    /// Directory holding `containerd`, `ctr` and the shim; None = from PATH.
+    pub bin_dir: Option<PathBuf>,
+    /// 1 or 2: the config format (2 or 3) and plugin names differ.
+    pub major: u32,
+}
+
+impl ContainerdVersion {
+    fn binary(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+}
+
+/// The selected containerd version (resolved, and fetched if needed, once per process).
+pub fn containerd_version() -> &'static ContainerdVersion {
+    static V: std::sync::OnceLock<ContainerdVersion> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let name = std::env::var("CRI_IMAGED_CONTAINERD").unwrap_or_else(|_| "1.6".into());
+        let major = name
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(1);
+        if name == "1.6" {
+            return ContainerdVersion {
+                name,
+                bin_dir: None,
+                major,
+            };
+        }
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/containerd-versions.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["path", &name])
+            .output()
+            .expect("run scripts/containerd-versions.sh");
+        assert!(
+            out.status.success(),
+            "containerd {name} is not available: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        eprintln!("rig: containerd {name} from {}", bin.display());
+        ContainerdVersion {
+            name,
+            bin_dir: bin.parent().map(|p| p.to_path_buf()),
+            major,
+        }
+    })
+}
+
+/// config.toml for the selected version: format 2 (1.x) or 3 (2.x, whose CRI
+/// is split into the `cri.v1.images` and `cri.v1.runtime` plugins).
+#[allow(clippy::too_many_arguments)]
+fn config_toml(
+    major: u32,
+    root: &std::path::Path,
+    state: &std::path::Path,
+    socket: &std::path::Path,
+    ttrpc: &std::path::Path,
+    dir: &std::path::Path,
+    certs: &std::path::Path,
+    opts: &ContainerdOpts,
+) -> String {
+    let (root, state, socket, ttrpc, dir, certs) = (
+        root.display(),
+        state.display(),
+        socket.display(),
+        ttrpc.display(),
+        dir.display(),
+        certs.display(),
+    );
+    let (level, snap, extra) = (&opts.log_level, &opts.snapshotter, &opts.extra_config);
+    let common = format!(
+        r#"root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{ttrpc}"
+
+[debug]
+  address = ""
+  level = "{level}"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{dir}/opt"
+"#
+    );
+    if major >= 2 {
+        return format!(
+            r#"version = 3
+{common}
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "{snap}"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "registry.k8s.io/pause:3.9"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{certs}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  disable_cgroup = true
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  disable_hugetlb_controller = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{dir}/cni/bin"]
+    conf_dir = "{dir}/cni/net.d"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+{extra}
+"#
+        );
+    }
+    format!(
+        r#"version = 2
+{common}
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+  disable_cgroup = true
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  disable_hugetlb_controller = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snap}"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{dir}/cni/bin"
+    conf_dir = "{dir}/cni/net.d"
+
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+{extra}
+"#
+    )
+}
+
 pub struct Containerd {
     /// The temp dir holding everything (config.toml, sockets, log, state, default root).
     pub dir: PathBuf,
@@ -113,62 +277,16 @@ impl Containerd {
             std::fs::create_dir_all(d).unwrap();
         }
         let config = dir.join("config.toml");
-        let cfg = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{socket}"
-
-[ttrpc]
-  address = "{ttrpc}"
-
-[debug]
-  address = ""
-  level = "{level}"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{dir}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.9"
-  disable_cgroup = true
-  disable_apparmor = true
-  restrict_oom_score_adj = true
-  disable_hugetlb_controller = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snap}"
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{dir}/cni/bin"
-    conf_dir = "{dir}/cni/net.d"
-
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs}"
-{extra}
-"#,
-            root = root.display(),
-            state = state.display(),
-            socket = socket.display(),
-            ttrpc = ttrpc_socket.display(),
-            level = opts.log_level,
-            dir = dir.display(),
-            snap = opts.snapshotter,
-            certs = certs_d.display(),
-            extra = opts.extra_config,
+        let version = containerd_version();
+        let cfg = config_toml(
+            version.major,
+            &root,
+            &state,
+            &socket,
+            &ttrpc_socket,
+            &dir,
+            &certs_d,
+            &opts,
         );
         std::fs::write(&config, cfg).unwrap();
         let log = dir.join("containerd.log");
@@ -200,7 +318,14 @@ disabled_plugins = [
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new("containerd")
+        let version = containerd_version();
+        let mut cmd = Command::new(version.binary("containerd"));
+        if let Some(d) = &version.bin_dir {
+            // The matching shim (containerd-shim-runc-v2) is found on PATH.
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", d.display()));
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -236,7 +361,7 @@ disabled_plugins = [
                         return true;
                     }
                 }
-                Command::new("ctr")
+                Command::new(containerd_version().binary("ctr"))
                     .arg("--address")
                     .arg(&sock)
                     .arg("version")
@@ -311,7 +436,7 @@ disabled_plugins = [
 
     /// `ctr --address <sock> -n <ns> <args...>`
     pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(containerd_version().binary("ctr"))
             .arg("--address")
             .arg(&self.socket)
             .arg("-n")

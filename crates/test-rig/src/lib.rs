@@ -33,7 +33,7 @@ pub mod mounts;
 pub mod push;
 pub mod registry;
 
-pub use containerd::{Containerd, ContainerdOpts};
+pub use containerd::{containerd_version, Containerd, ContainerdOpts, ContainerdVersion};
 pub use daemon::*;
 pub use env::{load_with_ctr, load_with_ctr_args, write_hosts_toml, TestEnv};
 pub use fault_proxy::{Fault, FaultProxy, LogEntry, Rule};
