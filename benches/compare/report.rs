@@ -31,9 +31,17 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "- machine: {}", machine());
     let _ = writeln!(
         s,
-        "- containerd: {} (snapshotter {}, max_concurrent_downloads 3)",
-        sh("containerd", &["--version"]),
-        r.snapshotter
+        "- containerd: {} (snapshotter {}, max_concurrent_downloads 3; CRI_IMAGED_CONTAINERD={})",
+        sh(
+            &cri_imaged_test_rig::containerd_version()
+                .bin_dir
+                .as_ref()
+                .map(|d| d.join("containerd").display().to_string())
+                .unwrap_or_else(|| "containerd".into()),
+            &["--version"]
+        ),
+        r.snapshotter,
+        cri_imaged_test_rig::containerd_version().name
     );
     let _ = writeln!(
         s,
