@@ -6,7 +6,9 @@
 pub mod config;
 pub mod containerd;
 mod cri;
+pub mod health;
 mod imagefs;
+pub mod install;
 pub mod managed;
 pub mod manifest;
 mod metrics;
@@ -17,3 +19,4 @@ pub mod registry;
 pub mod select;
 pub mod server;
 mod store;
+mod systemd;

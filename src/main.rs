@@ -23,6 +23,30 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (defaults + file + flags) as YAML.
     Config(ServeArgs),
+    /// Exit 0 only if the CRI socket answers ImageFsInfo within the timeout.
+    Health {
+        /// CRI socket to check.
+        #[arg(long, default_value = "/run/cri-imaged/cri-imaged.sock")]
+        socket: PathBuf,
+        /// How long to wait for the answer, e.g. 5s.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
+    /// Install the binary, the systemd units and a default config onto a host
+    /// root, enable them, and restart the service when something changed.
+    Install {
+        /// The host's root directory (e.g. /host in a pod).
+        #[arg(long)]
+        root: PathBuf,
+        /// Binary to install (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Command that runs the host's systemctl, split on spaces, e.g.
+        /// "nsenter -t 1 -m -u -i -n -p -- systemctl". Without it, the units
+        /// are only enabled offline (systemctl --root) and nothing is started.
+        #[arg(long)]
+        systemctl: Option<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -145,6 +169,64 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Health { socket, timeout } => {
+            let Ok(timeout) = humantime::parse_duration(&timeout) else {
+                eprintln!("cri-imaged: --timeout {timeout:?} is not a duration (e.g. 5s)");
+                return ExitCode::from(2);
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cri-imaged: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(cri_imaged::health::check(&socket, timeout)) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cri-imaged: unhealthy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Install {
+            root,
+            binary,
+            systemctl,
+        } => {
+            let binary = match binary.map(Ok).unwrap_or_else(std::env::current_exe) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("cri-imaged: cannot find this binary: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = cri_imaged::install::InstallOpts {
+                root,
+                binary,
+                systemctl: systemctl
+                    .map(|s| s.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default(),
+            };
+            match cri_imaged::install::install(&opts) {
+                Ok(done) => {
+                    for l in done.lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cri-imaged: install failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             let cfg = match effective(&args) {
                 Ok(c) => c,

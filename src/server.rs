@@ -28,6 +28,8 @@ const CLEANUP_RETRY_PAUSE: Duration = Duration::from_secs(1);
 const GAUGE_REFRESH: Duration = Duration::from_millis(500);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How often start-up checks whether the index is in sync, to report READY=1.
+const READY_POLL: Duration = Duration::from_millis(50);
 /// Concurrent RPCs one client connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
@@ -157,7 +159,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let daemon = build(&cfg)?;
     let svc = daemon.service.clone();
-    let listener = bind_socket(&cfg)?;
+    // Socket activation: systemd owns the socket file (and keeps it across
+    // our restarts); else we bind it ourselves and remove it on the way out.
+    let (listener, owned) = match crate::systemd::inherited_listener()? {
+        Some(l) => {
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
+            tracing::info!(socket = ?path, "serving the socket systemd passed (socket activation)");
+            (UnixListener::from_std(l)?, false)
+        }
+        None => (bind_socket(&cfg)?, true),
+    };
     let socket_ino = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&cfg.listen).ok().map(|m| m.ino())
@@ -176,7 +190,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        crate::systemd::stopping();
         let _ = stop_tx.send(true);
+    });
+    // Type=notify: ready once the socket serves and the index is in sync.
+    let store = svc.store.clone();
+    tokio::spawn(async move {
+        while !store.is_synced() {
+            tokio::time::sleep(READY_POLL).await;
+        }
+        crate::systemd::ready();
     });
 
     if !cfg.metrics_address.is_empty() {
@@ -219,7 +242,9 @@ pub async fn serve(
     for b in background {
         b.abort();
     }
-    remove_socket_if_ours(&cfg.listen, socket_ino);
+    if owned {
+        remove_socket_if_ours(&cfg.listen, socket_ino);
+    }
     tracing::info!("cri-imaged stopped");
     Ok(())
 }
