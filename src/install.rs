@@ -24,6 +24,9 @@ pub struct InstallOpts {
     pub root: PathBuf,
     /// The binary to install (default: this one).
     pub binary: PathBuf,
+    /// A config to install (replacing the host's when different); None: keep
+    /// the host's, or write the default one when there is none.
+    pub config: Option<PathBuf>,
     /// How to run the host's systemctl, e.g. `nsenter -t 1 -m -u -i -n -p -- systemctl`
     /// from a pod with hostPID. Empty: only enable offline (`systemctl --root`),
     /// start nothing.
@@ -95,7 +98,10 @@ pub fn install(opts: &InstallOpts) -> anyhow::Result<Installed> {
         )?;
     }
     let cfg = root.join(CONFIG_PATH);
-    if cfg.exists() {
+    if let Some(src) = &opts.config {
+        let text = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        put(&cfg, &text, 0o644, &mut out)?;
+    } else if cfg.exists() {
         out.lines
             .push(format!("kept {} (the operator's)", cfg.display()));
     } else {
@@ -119,6 +125,43 @@ pub fn install(opts: &InstallOpts) -> anyhow::Result<Installed> {
     if out.changed {
         // The socket stays up and queues connections while the service restarts.
         run(sc, &["restart", "cri-imaged.service"], &mut out)?;
+    }
+    Ok(out)
+}
+
+/// `cri-imaged uninstall --root DIR`: stop and disable the units, then remove
+/// the binary, the units and the config. Pulled images stay in containerd.
+pub fn uninstall(root: &Path, systemctl: &[String]) -> anyhow::Result<Installed> {
+    let mut out = Installed::default();
+    let mut disable = vec!["disable"];
+    if systemctl.is_empty() {
+        let root_arg = format!("--root={}", root.display());
+        let mut args = vec![root_arg.as_str()];
+        args.append(&mut disable);
+        args.extend(UNITS);
+        run(&["systemctl".to_string()], &args, &mut out)?;
+    } else {
+        disable.push("--now");
+        disable.extend(UNITS);
+        run(systemctl, &disable, &mut out)?;
+    }
+    for f in [
+        root.join(UNIT_DIR).join("cri-imaged.socket"),
+        root.join(UNIT_DIR).join("cri-imaged.service"),
+        root.join(BINARY_PATH),
+        root.join(CONFIG_PATH),
+    ] {
+        match std::fs::remove_file(&f) {
+            Ok(()) => {
+                out.lines.push(format!("removed {}", f.display()));
+                out.changed = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
+        }
+    }
+    if !systemctl.is_empty() {
+        run(systemctl, &["daemon-reload"], &mut out)?;
     }
     Ok(out)
 }

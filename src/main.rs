@@ -41,12 +41,45 @@ enum Command {
         /// Binary to install (default: this one).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Config to install as /etc/cri-imaged/config.yaml (default: keep the
+        /// host's, or write a default one).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Command that runs the host's systemctl, split on spaces, e.g.
         /// "nsenter -t 1 -m -u -i -n -p -- systemctl". Without it, the units
         /// are only enabled offline (systemctl --root) and nothing is started.
         #[arg(long)]
         systemctl: Option<String>,
     },
+    /// Stop, disable and remove the host service (pulled images stay).
+    Uninstall {
+        /// The host's root directory.
+        #[arg(long)]
+        root: PathBuf,
+        /// Command that runs the host's systemctl (see install).
+        #[arg(long)]
+        systemctl: Option<String>,
+    },
+}
+
+fn split_cmd(s: Option<String>) -> Vec<String> {
+    s.map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn print_installed(r: anyhow::Result<cri_imaged::install::Installed>, what: &str) -> ExitCode {
+    match r {
+        Ok(done) => {
+            for l in done.lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cri-imaged: {what} failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -195,9 +228,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Uninstall { root, systemctl } => print_installed(
+            cri_imaged::install::uninstall(&root, &split_cmd(systemctl)),
+            "uninstall",
+        ),
         Command::Install {
             root,
             binary,
+            config,
             systemctl,
         } => {
             let binary = match binary.map(Ok).unwrap_or_else(std::env::current_exe) {
@@ -210,22 +248,10 @@ fn main() -> ExitCode {
             let opts = cri_imaged::install::InstallOpts {
                 root,
                 binary,
-                systemctl: systemctl
-                    .map(|s| s.split_whitespace().map(String::from).collect())
-                    .unwrap_or_default(),
+                config,
+                systemctl: split_cmd(systemctl),
             };
-            match cri_imaged::install::install(&opts) {
-                Ok(done) => {
-                    for l in done.lines {
-                        println!("{l}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("cri-imaged: install failed: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_installed(cri_imaged::install::install(&opts), "install")
         }
         Command::Serve(args) => {
             let cfg = match effective(&args) {

@@ -107,6 +107,26 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A config given to install replaces the host's (the chart's host mode).
+    let given = r.join("given.yaml");
+    std::fs::write(&given, "listen: /run/cri-imaged/cri-imaged.sock\nlog_level: debug\n").unwrap();
+    let (ok, out) = cmd(&["install", "--root", rs, "--config", given.to_str().unwrap()]);
+    assert!(ok && out.contains(&format!("wrote {}", cfg.display())), "{out}");
+
+    // Uninstall: units disabled and every installed file gone.
+    let (ok, out) = cmd(&["uninstall", "--root", rs]);
+    assert!(ok, "{out}");
+    for f in [
+        "usr/local/bin/cri-imaged",
+        "etc/systemd/system/cri-imaged.service",
+        "etc/systemd/system/cri-imaged.socket",
+        "etc/cri-imaged/config.yaml",
+        "etc/systemd/system/sockets.target.wants/cri-imaged.socket",
+        "etc/systemd/system/multi-user.target.wants/cri-imaged.service",
+    ] {
+        assert!(!r.join(f).exists() && !r.join(f).is_symlink(), "{f} left:\n{out}");
+    }
 }
 
 /// Wait for a notification datagram; returns its text.
