@@ -145,14 +145,52 @@ expect_refused "schema refuses an unknown config key" --set config.listen_adress
 expect_refused "schema refuses image.pullPolicy=Sometimes" --set image.pullPolicy=Sometimes
 expect_refused "schema refuses a hostname metrics_address" --set config.metrics_address=localhost:9110
 
-# The committed manifest is what the chart renders with the default values.
-if [ -f "$MANIFEST" ] && "$HELM" template cri-imaged "$CHART" --namespace kube-system >"$WORK/manifest.yaml" 2>"$WORK/log" \
-   && diff -u "$MANIFEST" "$WORK/manifest.yaml" >"$WORK/diff"; then
-  pass "$MANIFEST is up to date"
+# Host mode cannot mount a mirrors ConfigMap: refused with a message.
+if "$HELM" template cri-imaged "$CHART" --namespace kube-system --set registryMirrors.docker\\.io.server=https://m.example.com >"$WORK/log" 2>&1; then
+  fail "host mode refuses registryMirrors (rendered)"
+elif grep -q "set mode: pod" "$WORK/log"; then
+  pass "host mode refuses registryMirrors, saying what to set"
 else
-  fail "$MANIFEST is stale or missing; regenerate it with: $REGEN"
-  head -n 60 "$WORK/diff" 2>/dev/null | sed 's/^/    /' || true
+  fail "host mode refuses registryMirrors (other error)"; sed 's/^/    /' "$WORK/log"
 fi
+
+# The committed manifests are what the chart renders: the default values
+# (host mode) and the in-pod mode.
+check_manifest() {
+  local file="$1"; shift
+  if [ -f "$file" ] && "$HELM" template cri-imaged "$CHART" --namespace kube-system "$@" >"$WORK/manifest.yaml" 2>"$WORK/log" \
+     && diff -u "$file" "$WORK/manifest.yaml" >"$WORK/diff"; then
+    pass "$file is up to date"
+  else
+    fail "$file is stale or missing; regenerate it with: $BIN/helm template cri-imaged $CHART --namespace kube-system $* > $file"
+    head -n 60 "$WORK/diff" 2>/dev/null | sed 's/^/    /' || true
+  fi
+}
+check_manifest "$MANIFEST"
+check_manifest manifests/cri-imaged-pod-mode.yaml --set mode=pod
+
+# Host mode: the pod installs and watches the host service; pod mode runs it.
+"$HELM" template cri-imaged "$CHART" --namespace kube-system >"$WORK/host.yaml"
+"$HELM" template cri-imaged "$CHART" --namespace kube-system --set mode=pod >"$WORK/pod.yaml"
+run "host mode: install init container, hostPID, probes call cri-imaged health" "$PY" - "$WORK/host.yaml" "$WORK/pod.yaml" <<'PY'
+import sys, yaml
+def ds(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d and d["kind"] == "DaemonSet"]
+host, = ds(sys.argv[1]); pod, = ds(sys.argv[2])
+hs = host["spec"]["template"]["spec"]
+assert hs["hostPID"] is True
+init = hs["initContainers"][0]
+assert init["command"][:4] == ["/usr/local/bin/cri-imaged", "install", "--root", "/host"], init["command"]
+assert "--systemctl" in init["command"]
+c = hs["containers"][0]
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    assert c[probe]["exec"]["command"][1] == "health", probe
+ps = pod["spec"]["template"]["spec"]
+assert ps["hostPID"] is False and "initContainers" not in ps
+assert ps["containers"][0]["args"] == ["--config", "/etc/cri-imaged/config.yaml"]
+assert ps["containers"][0]["livenessProbe"]["exec"]["command"][1] == "health"
+print("ok")
+PY
 
 echo "chart: $passed passed, $failed failed"
 [ "$failed" = 0 ]

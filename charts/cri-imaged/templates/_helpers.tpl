@@ -59,6 +59,9 @@ registry_config_path pointing at the mirrors ConfigMap when registryMirrors is s
 */}}
 {{- define "cri-imaged.config" -}}
 {{- $cfg := deepCopy .Values.config }}
+{{- if and .Values.registryMirrors (eq .Values.mode "host") }}
+{{- fail "registryMirrors is rendered into a ConfigMap that only a pod can mount: set mode: pod, or (host mode) configure mirrors in the node's certs.d (config.registry_config_path)" }}
+{{- end }}
 {{- if .Values.registryMirrors }}
 {{- $_ := set $cfg "registry_config_path" .Values.registryMirrorsPath }}
 {{- end }}
@@ -136,4 +139,16 @@ server = {{ $server | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Exec probe: does the CRI socket answer ImageFsInfo in time? */}}
+{{- define "cri-imaged.healthProbe" -}}
+exec:
+  command:
+    - /usr/local/bin/cri-imaged
+    - health
+    - --socket
+    - {{ .Values.config.listen }}
+    - --timeout
+    - {{ .Values.hostService.healthTimeout }}
 {{- end }}
