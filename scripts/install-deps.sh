@@ -38,6 +38,8 @@ if [ "$TEST" = 1 ]; then
   pkg golang-google-protobuf-dev            || need+=(golang-google-protobuf-dev)
   python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
   [ -x /bin/busybox ] && pkg busybox-static || need+=(busybox-static)
+  # tests/host_service.rs: systemd-analyze verify, systemd-socket-activate
+  have systemd-socket-activate || need+=(systemd)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
