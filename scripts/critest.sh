@@ -6,6 +6,7 @@
 # htpasswd; builds cri-imaged if CRI_IMAGED_BIN is not set.
 #
 #   scripts/critest.sh            # exits non-zero if a spec or a crictl step fails
+#   CONTAINERD_VERSION=2.1 scripts/critest.sh   # on containerd 2.1 (or 1.7)
 #
 # critest pulls gcr.io/k8s-staging-cri-tools/*: those images are recreated
 # here (same names, tags and users) in a local registry, and gcr.io is mapped
@@ -37,6 +38,7 @@ push_image "$REG_open/$P/test-image-user-username:latest" --user www-data >/dev/
 push_image "$REG_open/$P/test-image-user-uid-group:latest" --user 1003:1004 >/dev/null
 push_image "$REG_open/$P/test-image-user-username-group:latest" --user www-data:1004 >/dev/null
 
+crictl --runtime-endpoint "unix://$CONTAINERD_SOCK" version | grep RuntimeVersion | sed 's/^/containerd /'
 echo "== critest Image Manager (runtime: containerd $CONTAINERD_SOCK, images: cri-imaged $CRI_SOCK)"
 critest --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CRI_SOCK" \
   --ginkgo.focus='Image Manager' --ginkgo.skip='public image with digest' --ginkgo.no-color \

@@ -65,14 +65,17 @@ push_image() {
   python3 "$REPO/scripts/lib/make-image.py" --dest "$@"
 }
 
-# start_cri_imaged BIN -> CRI_SOCK, CONTAINERD_SOCK (managed containerd under WORK)
+# start_cri_imaged BIN -> CRI_SOCK, CONTAINERD_SOCK (managed containerd under WORK;
+# CONTAINERD_VERSION=1.7|2.1 picks one of scripts/containerd-versions.sh)
 start_cri_imaged() {
   local bin="$1"; shift
   CERTS_D="$WORK/certs.d"
   CRI_SOCK="$WORK/cri-imaged.sock"
   CONTAINERD_SOCK="$WORK/containerd/containerd.sock"
   mkdir -p "$CERTS_D"
-  "$bin" serve --managed-containerd "$WORK/containerd" --registry-config-path "$CERTS_D" \
+  local cbin=containerd
+  if [ -n "${CONTAINERD_VERSION:-}" ]; then cbin="$(bash "$REPO/scripts/containerd-versions.sh" path "$CONTAINERD_VERSION")"; fi
+  "$bin" serve --managed-containerd "$WORK/containerd" --containerd-binary "$cbin" --registry-config-path "$CERTS_D" \
     --listen "$CRI_SOCK" --metrics-address "127.0.0.1:$(free_port)" "$@" >"$WORK/cri-imaged.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
