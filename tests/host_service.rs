@@ -110,9 +110,16 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
 
     // A config given to install replaces the host's (the chart's host mode).
     let given = r.join("given.yaml");
-    std::fs::write(&given, "listen: /run/cri-imaged/cri-imaged.sock\nlog_level: debug\n").unwrap();
+    std::fs::write(
+        &given,
+        "listen: /run/cri-imaged/cri-imaged.sock\nlog_level: debug\n",
+    )
+    .unwrap();
     let (ok, out) = cmd(&["install", "--root", rs, "--config", given.to_str().unwrap()]);
-    assert!(ok && out.contains(&format!("wrote {}", cfg.display())), "{out}");
+    assert!(
+        ok && out.contains(&format!("wrote {}", cfg.display())),
+        "{out}"
+    );
 
     // Uninstall: units disabled and every installed file gone.
     let (ok, out) = cmd(&["uninstall", "--root", rs]);
@@ -125,7 +132,10 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
         "etc/systemd/system/sockets.target.wants/cri-imaged.socket",
         "etc/systemd/system/multi-user.target.wants/cri-imaged.service",
     ] {
-        assert!(!r.join(f).exists() && !r.join(f).is_symlink(), "{f} left:\n{out}");
+        assert!(
+            !r.join(f).exists() && !r.join(f).is_symlink(),
+            "{f} left:\n{out}"
+        );
     }
 }
 
