@@ -62,6 +62,14 @@ enum Command {
     },
 }
 
+/// A tokio runtime with I/O and timers, or the exit code of a failure to build one.
+fn runtime(b: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    b.enable_all().build().map_err(|e| {
+        eprintln!("cri-imaged: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn split_cmd(s: Option<String>) -> Vec<String> {
     s.map(|s| s.split_whitespace().map(String::from).collect())
         .unwrap_or_default()
@@ -207,15 +215,9 @@ fn main() -> ExitCode {
                 eprintln!("cri-imaged: --timeout {timeout:?} is not a duration (e.g. 5s)");
                 return ExitCode::from(2);
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cri-imaged: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(cri_imaged::health::check(&socket, timeout)) {
                 Ok(msg) => {
@@ -274,15 +276,9 @@ fn main() -> ExitCode {
             unsafe {
                 libc::mallopt(libc::M_ARENA_MAX, 2);
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cri-imaged: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let result = rt.block_on(async move {
                 let managed = match &args.managed_containerd {

@@ -11,6 +11,16 @@ use cri_imaged_test_rig::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cri-imaged");
 
+/// What `install --root` puts under the root (files and enable symlinks).
+const INSTALLED: [&str; 6] = [
+    "usr/local/bin/cri-imaged",
+    "etc/systemd/system/cri-imaged.service",
+    "etc/systemd/system/cri-imaged.socket",
+    "etc/cri-imaged/config.yaml",
+    "etc/systemd/system/sockets.target.wants/cri-imaged.socket",
+    "etc/systemd/system/multi-user.target.wants/cri-imaged.service",
+];
+
 fn cmd(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN)
         .args(args)
@@ -31,14 +41,7 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
     let rs = r.to_str().unwrap();
     let (ok, first) = cmd(&["install", "--root", rs]);
     assert!(ok, "{first}");
-    for f in [
-        "usr/local/bin/cri-imaged",
-        "etc/systemd/system/cri-imaged.service",
-        "etc/systemd/system/cri-imaged.socket",
-        "etc/cri-imaged/config.yaml",
-        "etc/systemd/system/sockets.target.wants/cri-imaged.socket",
-        "etc/systemd/system/multi-user.target.wants/cri-imaged.service",
-    ] {
+    for f in INSTALLED {
         assert!(
             r.join(f).exists() || r.join(f).is_symlink(),
             "{f} missing:\n{first}"
@@ -124,14 +127,7 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
     // Uninstall: units disabled and every installed file gone.
     let (ok, out) = cmd(&["uninstall", "--root", rs]);
     assert!(ok, "{out}");
-    for f in [
-        "usr/local/bin/cri-imaged",
-        "etc/systemd/system/cri-imaged.service",
-        "etc/systemd/system/cri-imaged.socket",
-        "etc/cri-imaged/config.yaml",
-        "etc/systemd/system/sockets.target.wants/cri-imaged.socket",
-        "etc/systemd/system/multi-user.target.wants/cri-imaged.service",
-    ] {
+    for f in INSTALLED {
         assert!(
             !r.join(f).exists() && !r.join(f).is_symlink(),
             "{f} left:\n{out}"
