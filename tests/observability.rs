@@ -204,6 +204,10 @@ async fn metric_set_matches_the_contract() {
         ("cri_imaged_imagefs_inodes_used", "gauge"),
         ("cri_imaged_containerd_up", "gauge"),
         ("cri_imaged_build_info", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
     ] {
         assert_eq!(
             f.get(name).map(String::as_str),
@@ -244,6 +248,15 @@ async fn metric_set_matches_the_contract() {
         ),
         1.0
     );
+    // The git revision (a hex prefix, or "unknown" outside a checkout) and rustc's version.
+    let revs = s.label_values("cri_imaged_build_info", "revision");
+    assert!(
+        revs.len() == 1 && (revs[0] == "unknown" || revs[0].chars().all(|c| c.is_ascii_hexdigit())),
+        "{revs:?}"
+    );
+    let rustc = s.label_values("cri_imaged_build_info", "rustc_version");
+    assert!(rustc.len() == 1 && rustc[0].starts_with("1."), "{rustc:?}");
+    assert!(s.get("process_resident_memory_bytes", &[]) > 1e6);
     assert_eq!(s.get("cri_imaged_pulls_in_flight", &[]), 0.0);
     promtool_check(&s.text);
 }
@@ -505,8 +518,18 @@ async fn counters_and_histograms_move() {
             s7.text
         );
     }
+    // Bounded: each of these takes a fixed, small set of values (build_info's
+    // revision and rustc_version one each).
     let allowed: &[&str] = &[
-        "method", "code", "result", "reason", "phase", "le", "version",
+        "method",
+        "code",
+        "result",
+        "reason",
+        "phase",
+        "le",
+        "version",
+        "revision",
+        "rustc_version",
     ];
     for (n, ls, _) in &s7.samples {
         for (k, _) in ls {
