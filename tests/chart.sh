@@ -13,7 +13,9 @@ MANIFEST=manifests/cri-imaged.yaml
 K8S_VERSION=1.33.0
 BIN="$REPO/.tools/bin"
 CRI_IMAGED_BIN="${CRI_IMAGED_BIN:-target/debug/cri-imaged}"
-REGEN="$BIN/helm template cri-imaged $CHART --namespace kube-system > $MANIFEST"
+# The chart refuses its placeholder image.repository; every rendering here sets one.
+IMG=(--set image.repository=registry.local/cri-imaged)
+REGEN="$BIN/helm template cri-imaged $CHART --namespace kube-system ${IMG[*]} > $MANIFEST"
 
 if ! [ -x "$BIN/helm" ] || ! [ -x "$BIN/kubernetes-validate" ]; then
   bash "$REPO/scripts/install-tools.sh" >&2
@@ -117,8 +119,8 @@ fi
 for values in default "$CHART"/ci/*.yaml; do
   if [ "$values" = default ]; then name=default; args=(); else name="$(basename "$values" .yaml)"; args=(-f "$values"); fi
   dir="$WORK/$name"; mkdir -p "$dir"
-  run "$name: helm lint" "$HELM" lint --strict "$CHART" "${args[@]}"
-  if "$HELM" template cri-imaged "$CHART" --namespace kube-system "${args[@]}" >"$dir/rendered.yaml" 2>"$WORK/log"; then
+  run "$name: helm lint" "$HELM" lint --strict "$CHART" "${IMG[@]}" "${args[@]}"
+  if "$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" "${args[@]}" >"$dir/rendered.yaml" 2>"$WORK/log"; then
     pass "$name: helm template"
   else
     fail "$name: helm template"; sed 's/^/    /' "$WORK/log"; continue
@@ -141,7 +143,7 @@ done
 # Schema: bad values are refused.
 expect_refused() {
   local name="$1"; shift
-  if "$HELM" template cri-imaged "$CHART" --namespace kube-system "$@" >"$WORK/log" 2>&1; then
+  if "$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" "$@" >"$WORK/log" 2>&1; then
     fail "$name (helm template succeeded)"
   elif grep -qi "schema" "$WORK/log"; then
     pass "$name"
@@ -154,8 +156,36 @@ expect_refused "schema refuses an unknown config key" --set config.listen_adress
 expect_refused "schema refuses image.pullPolicy=Sometimes" --set image.pullPolicy=Sometimes
 expect_refused "schema refuses a hostname metrics_address" --set config.metrics_address=localhost:9110
 
+# The placeholder image is refused with a message saying what to set.
+if "$HELM" template cri-imaged "$CHART" --namespace kube-system >"$WORK/log" 2>&1; then
+  fail "the placeholder image.repository is refused (rendered)"
+elif grep -q "set image.repository" "$WORK/log"; then
+  pass "the placeholder image.repository is refused, saying what to set"
+else
+  fail "the placeholder image.repository is refused (other error)"; sed 's/^/    /' "$WORK/log"
+fi
+
+# The conventional node-agent values take effect.
+"$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" --set mode=pod \
+  --set 'extraArgs={--log-level,debug}' --set revisionHistoryLimit=3 \
+  --set daemonsetAnnotations.team=images --set podSecurityContext.runAsNonRoot=false \
+  --set securityContext.readOnlyRootFilesystem=false >"$WORK/values.yaml"
+run "extraArgs, revisionHistoryLimit, daemonsetAnnotations, security contexts, startupProbe" "$PY" - "$WORK/values.yaml" <<'PY'
+import sys, yaml
+ds = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "DaemonSet"][0]
+assert ds["metadata"]["annotations"]["team"] == "images"
+assert ds["spec"]["revisionHistoryLimit"] == 3
+pod = ds["spec"]["template"]["spec"]
+assert pod["securityContext"] == {"runAsNonRoot": False, "seccompProfile": {"type": "RuntimeDefault"}}, pod["securityContext"]
+c = pod["containers"][0]
+assert c["args"][-2:] == ["--log-level", "debug"], c["args"]
+assert c["securityContext"]["readOnlyRootFilesystem"] is False and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+assert c["startupProbe"]["exec"]["command"][1] == "health" and c["startupProbe"]["failureThreshold"] == 90
+print("ok")
+PY
+
 # Host mode cannot mount a mirrors ConfigMap: refused with a message.
-if "$HELM" template cri-imaged "$CHART" --namespace kube-system --set registryMirrors.docker\\.io.server=https://m.example.com >"$WORK/log" 2>&1; then
+if "$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" --set registryMirrors.docker\\.io.server=https://m.example.com >"$WORK/log" 2>&1; then
   fail "host mode refuses registryMirrors (rendered)"
 elif grep -q "set mode: pod" "$WORK/log"; then
   pass "host mode refuses registryMirrors, saying what to set"
@@ -167,11 +197,11 @@ fi
 # (host mode) and the in-pod mode.
 check_manifest() {
   local file="$1"; shift
-  if [ -f "$file" ] && "$HELM" template cri-imaged "$CHART" --namespace kube-system "$@" >"$WORK/manifest.yaml" 2>"$WORK/log" \
+  if [ -f "$file" ] && "$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" "$@" >"$WORK/manifest.yaml" 2>"$WORK/log" \
      && diff -u "$file" "$WORK/manifest.yaml" >"$WORK/diff"; then
     pass "$file is up to date"
   else
-    fail "$file is stale or missing; regenerate it with: $BIN/helm template cri-imaged $CHART --namespace kube-system $* > $file"
+    fail "$file is stale or missing; regenerate it with: $BIN/helm template cri-imaged $CHART --namespace kube-system ${IMG[*]} $* > $file"
     head -n 60 "$WORK/diff" 2>/dev/null | sed 's/^/    /' || true
   fi
 }
@@ -179,8 +209,8 @@ check_manifest "$MANIFEST"
 check_manifest manifests/cri-imaged-pod-mode.yaml --set mode=pod
 
 # Host mode: the pod installs and watches the host service; pod mode runs it.
-"$HELM" template cri-imaged "$CHART" --namespace kube-system >"$WORK/host.yaml"
-"$HELM" template cri-imaged "$CHART" --namespace kube-system --set mode=pod >"$WORK/pod.yaml"
+"$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" >"$WORK/host.yaml"
+"$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" --set mode=pod >"$WORK/pod.yaml"
 run "host mode: install init container, hostPID, probes call cri-imaged health" "$PY" - "$WORK/host.yaml" "$WORK/pod.yaml" <<'PY'
 import sys, yaml
 def ds(path):

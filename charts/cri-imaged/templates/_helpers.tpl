@@ -46,6 +46,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "cri-imaged.image" -}}
+{{- if eq .Values.image.repository "registry.example.com/cri-imaged" }}
+{{- fail "image.repository is still the placeholder registry.example.com/cri-imaged: there is no published image; build it from the Containerfile, push it, and set image.repository (and image.tag or image.digest)" }}
+{{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
