@@ -178,6 +178,10 @@ fn a_busy_metrics_port_is_a_start_up_error() {
         &addr,
     ]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("binding metrics_address {addr}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("binding metrics_address {addr}")),
+        "{}",
+        text(&out)
+    );
     assert!(!sock.exists(), "the CRI socket was created");
 }

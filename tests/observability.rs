@@ -177,7 +177,7 @@ async fn wait_metric(d: &CriImaged, name: &str, labels: &[(&str, &str)], want: f
 
 // ---------------------------------------------------------------- metrics
 
-/// The families of CONTRACT §7 exist with the right types, and their label
+/// The families listed in docs/behaviour.md (Metrics) exist with the right types, and their label
 /// sets are bounded and pre-created.
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_set_matches_the_contract() {
