@@ -1,7 +1,6 @@
 //! `certs.d`-style `hosts.toml` parsing, mirroring containerd's
 //! `remotes/docker/config` host configuration.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -89,8 +88,10 @@ struct RawFile {
     client: Option<toml::Value>,
     override_path: Option<bool>,
     header: Option<toml::Table>,
+    /// `[host."…"]` tables in file order (the `toml` crate's
+    /// `preserve_order`): mirrors are tried in the order they are written.
     #[serde(default)]
-    host: BTreeMap<String, RawHost>,
+    host: toml::Table,
 }
 
 fn validate_domain(domain: &str) -> Result<(), RegistryError> {
@@ -157,17 +158,13 @@ pub(crate) fn parse_hosts_toml(
     let raw: RawFile =
         toml::from_str(text).map_err(|e| perr(e.to_string().trim_end().to_string()))?;
 
-    // Order the [host."..."] tables as they appear in the file (the toml
-    // crate's tables are sorted maps, so recover the order from the text).
-    let order = host_key_order(text);
-    let mut remaining = raw.host;
-    let mut hosts: Vec<(String, RawHost)> = Vec::with_capacity(remaining.len());
-    for k in order {
-        if let Some(h) = remaining.remove(&k) {
-            hosts.push((k, h));
-        }
+    let mut hosts: Vec<(String, RawHost)> = Vec::with_capacity(raw.host.len());
+    for (k, v) in raw.host {
+        let h: RawHost = v
+            .try_into()
+            .map_err(|e: toml::de::Error| perr(format!("host {k:?}: {}", e.to_string().trim_end())))?;
+        hosts.push((k, h));
     }
-    hosts.extend(remaining); // not found by the scanner: keep sorted order
 
     let mut out = Vec::with_capacity(hosts.len() + 1);
     for (key, h) in hosts {
@@ -205,95 +202,6 @@ pub(crate) fn parse_hosts_toml(
         headers: parse_headers(raw.header.as_ref()).map_err(|m| perr(format!("header: {m}")))?,
     });
     Ok(out)
-}
-
-/// Parse a dotted TOML key (`host."http://x:5000".header`) from the start
-/// of `s`; returns the key parts, or None if `s` does not start with a key.
-fn parse_dotted_key(s: &str) -> Option<Vec<String>> {
-    let mut parts = vec![];
-    let mut it = s.chars().peekable();
-    loop {
-        while it.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            it.next();
-        }
-        let mut part = String::new();
-        match it.peek()? {
-            '"' => {
-                it.next();
-                loop {
-                    match it.next()? {
-                        '"' => break,
-                        '\\' => match it.next()? {
-                            'n' => part.push('\n'),
-                            't' => part.push('\t'),
-                            c => part.push(c),
-                        },
-                        c => part.push(c),
-                    }
-                }
-            }
-            '\'' => {
-                it.next();
-                loop {
-                    match it.next()? {
-                        '\'' => break,
-                        c => part.push(c),
-                    }
-                }
-            }
-            _ => {
-                while let Some(c) = it.peek() {
-                    if c.is_ascii_alphanumeric() || *c == '_' || *c == '-' {
-                        part.push(*c);
-                        it.next();
-                    } else {
-                        break;
-                    }
-                }
-                if part.is_empty() {
-                    return None;
-                }
-            }
-        }
-        parts.push(part);
-        while it.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            it.next();
-        }
-        if it.peek() == Some(&'.') {
-            it.next();
-        } else {
-            return Some(parts);
-        }
-    }
-}
-
-/// Keys of the `host` table in order of first appearance in the text:
-/// `[host."k"]` / `[host."k".sub]` headers and top-level `host."k" = ...`.
-fn host_key_order(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = vec![];
-    let mut at_root = true;
-    for line in text.lines() {
-        let l = line.trim_start();
-        let key = if let Some(rest) = l.strip_prefix('[') {
-            if rest.starts_with('[') {
-                at_root = false;
-                continue;
-            }
-            let k = parse_dotted_key(rest);
-            at_root = false;
-            k
-        } else if at_root {
-            parse_dotted_key(l)
-        } else {
-            None
-        };
-        if let Some(parts) = key {
-            if parts.len() >= 2 && parts[0] == "host" && !out.contains(&parts[1]) {
-                out.push(parts[1].clone());
-            }
-        }
-    }
-    out
 }
 
 fn normalize_url(s: &str) -> Result<String, String> {
