@@ -114,12 +114,24 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-fn is_cert_error(e: &reqwest::Error) -> bool {
-    let s = error_chain(e).to_ascii_lowercase();
-    s.contains("certificate")
-        || s.contains("unknownissuer")
-        || s.contains("notvalidforname")
-        || s.contains("received fatal alert")
+/// The TLS failure behind a request error, found by walking its source chain
+/// for rustls's error type (io::Error hides its inner error from `source()`,
+/// so that is looked into too).
+fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        // io::Error's source() skips the error it wraps: look inside.
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(r) = tls_failure(inner) {
+                return Some(r);
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -321,9 +333,9 @@ impl Transport {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Fatal(e)) => return Err(e),
                 Err(SendError::Net(e)) => {
-                    if is_cert_error(&e) {
+                    if let Some(tls) = tls_failure(&e) {
                         let chain = error_chain(&e);
-                        let msg = if chain.to_ascii_lowercase().contains("received fatal alert") {
+                        let msg = if matches!(tls, rustls::Error::AlertReceived(_)) {
                             format!(
                                 "TLS handshake with {hostport} rejected by the server: {chain}; if the registry requires a client certificate set `client` in hosts.toml (and `ca` / `skip_verify` for its server certificate)"
                             )
