@@ -329,6 +329,36 @@ fn hosts_target(dir: &Path) -> impl Fn(&[u8]) + '_ {
     }
 }
 
+const AUTH_DICT: &[&[u8]] = &[
+    b"Bearer",
+    b"Basic",
+    b"realm=",
+    b"service=",
+    b"scope=",
+    b"\"",
+    b"\\",
+    b",",
+    b"=",
+    b" ",
+    b"error=\"invalid_token\"",
+];
+
+/// WWW-Authenticate values come from the registry: any bytes.
+fn www_authenticate_target(input: &[u8]) {
+    let s = String::from_utf8_lossy(input);
+    for (scheme, params) in cri_imaged::registry::fuzz_www_authenticate(&s) {
+        assert!(!scheme.is_empty(), "empty scheme from {s:?}");
+        assert_eq!(
+            scheme,
+            scheme.to_ascii_lowercase(),
+            "scheme not lower-cased"
+        );
+        for (k, _) in params {
+            assert_eq!(k, k.to_ascii_lowercase(), "parameter name not lower-cased");
+        }
+    }
+}
+
 fn run_all(fast: bool) {
     let t = Instant::now();
     let a = fuzz("reference", REF_DICT, budget(fast), reference_target);
@@ -340,9 +370,15 @@ fn run_all(fast: bool) {
         budget(fast),
         hosts_target(dir.path()),
     );
+    let d = fuzz(
+        "www_authenticate",
+        AUTH_DICT,
+        budget(fast),
+        www_authenticate_target,
+    );
     println!(
         "fuzz total: {} executions in {:.1?}",
-        a + b + c,
+        a + b + c + d,
         t.elapsed()
     );
 }

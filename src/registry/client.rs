@@ -124,7 +124,10 @@ fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
             return Some(r);
         }
         // io::Error's source() skips the error it wraps: look inside.
-        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             if let Some(r) = tls_failure(inner) {
                 return Some(r);
             }

@@ -160,9 +160,9 @@ pub(crate) fn parse_hosts_toml(
 
     let mut hosts: Vec<(String, RawHost)> = Vec::with_capacity(raw.host.len());
     for (k, v) in raw.host {
-        let h: RawHost = v
-            .try_into()
-            .map_err(|e: toml::de::Error| perr(format!("host {k:?}: {}", e.to_string().trim_end())))?;
+        let h: RawHost = v.try_into().map_err(|e: toml::de::Error| {
+            perr(format!("host {k:?}: {}", e.to_string().trim_end()))
+        })?;
         hosts.push((k, h));
     }
 

@@ -55,6 +55,17 @@ pub enum RegistryError {
     Tls(String),
 }
 
+/// The `WWW-Authenticate` parser, for the fuzz tests (tests/fuzz_inputs.rs):
+/// each challenge as (scheme, parameter names and values). The parser reads
+/// registry-controlled input, so it must never panic.
+#[doc(hidden)]
+pub fn fuzz_www_authenticate(header: &str) -> Vec<(String, Vec<(String, String)>)> {
+    auth::parse_www_authenticate(header)
+        .into_iter()
+        .map(|c| (c.scheme, c.params.into_iter().collect()))
+        .collect()
+}
+
 /// A manifest (or index) exactly as served.
 #[derive(Debug, Clone)]
 pub struct Manifest {
