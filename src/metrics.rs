@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Why a pull failed; one label value each.
@@ -71,7 +71,13 @@ pub struct Metrics {
     pub pull_failures: IntCounterVec,
     pub pulls_in_flight: IntGauge,
     pub pulls_coalesced: IntCounter,
-    pub pull_duration: Histogram,
+    /// By `result` (success, failure, present = already here) and `size`
+    /// (the image's packed size class, as kubelet's pull histogram; "unknown"
+    /// when the pull failed before the size was known).
+    pub pull_duration: HistogramVec,
+    pub registry_retries: IntCounter,
+    pub registry_host_fallthroughs: IntCounter,
+    pub blob_range_resumes: IntCounter,
     pub phase_duration: HistogramVec,
     pub bytes_fetched: IntCounter,
     pub layers_fetched: IntCounter,
@@ -133,15 +139,28 @@ impl Metrics {
             "cri_imaged_pulls_coalesced_total",
             "PullImage calls that joined a pull already in progress.",
         ));
-        let pull_duration = must(Histogram::with_opts(
+        let pull_duration = must(HistogramVec::new(
             HistogramOpts::new(
                 "cri_imaged_pull_duration_seconds",
-                "Wall time of image pulls.",
+                "Wall time of image pulls, by result (success, failure, present) and image size class.",
             )
             .buckets(vec![
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
                 1200.0, 1800.0,
             ]),
+            &["result", "size"],
+        ));
+        let registry_retries = must(IntCounter::new(
+            "cri_imaged_registry_retries_total",
+            "Registry requests retried after 429, 5xx or a broken connection.",
+        ));
+        let registry_host_fallthroughs = must(IntCounter::new(
+            "cri_imaged_registry_host_fallthroughs_total",
+            "Times a registry host (a mirror) failed or lacked the content and the next host was tried.",
+        ));
+        let blob_range_resumes = must(IntCounter::new(
+            "cri_imaged_blob_range_resumes_total",
+            "Blob downloads resumed with a Range request after the body broke off.",
         ));
         let phase_duration = must(HistogramVec::new(
             HistogramOpts::new(
@@ -205,6 +224,9 @@ impl Metrics {
             Box::new(pulls_in_flight.clone()),
             Box::new(pulls_coalesced.clone()),
             Box::new(pull_duration.clone()),
+            Box::new(registry_retries.clone()),
+            Box::new(registry_host_fallthroughs.clone()),
+            Box::new(blob_range_resumes.clone()),
             Box::new(phase_duration.clone()),
             Box::new(bytes_fetched.clone()),
             Box::new(layers_fetched.clone()),
@@ -233,6 +255,12 @@ impl Metrics {
         for p in PHASES {
             phase_duration.with_label_values(&[p]);
         }
+        pull_duration.with_label_values(&["failure", "unknown"]);
+        for size in SIZE_CLASSES {
+            for result in ["success", "present"] {
+                pull_duration.with_label_values(&[result, size]);
+            }
+        }
         for m in RPC_METHODS {
             grpc_duration.with_label_values(&[m]);
         }
@@ -245,6 +273,9 @@ impl Metrics {
             pulls_in_flight,
             pulls_coalesced,
             pull_duration,
+            registry_retries,
+            registry_host_fallthroughs,
+            blob_range_resumes,
             phase_duration,
             bytes_fetched,
             layers_fetched,
@@ -257,6 +288,23 @@ impl Metrics {
             build_info,
             socket_ready: AtomicBool::new(false),
         })
+    }
+
+    /// Bring the registry client's counters over (called periodically).
+    pub fn sync_registry(&self, c: &crate::registry::RegistryCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (counter, now) in [
+            (&self.registry_retries, c.retries.load(Relaxed)),
+            (
+                &self.registry_host_fallthroughs,
+                c.host_fallthroughs.load(Relaxed),
+            ),
+        ] {
+            let seen = counter.get();
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        }
     }
 
     pub fn observe_rpc(&self, method: &'static str, code: tonic::Code, seconds: f64) {
@@ -407,4 +455,43 @@ pub async fn serve(
 /// Mark the socket as listening (for /readyz).
 pub fn set_socket_ready(m: &Metrics, v: bool) {
     m.socket_ready.store(v, Ordering::Release);
+}
+
+/// The size classes [`size_class`] gives for a known size.
+pub const SIZE_CLASSES: [&str; 7] = [
+    "0-10MB",
+    "10MB-100MB",
+    "100MB-500MB",
+    "500MB-1GB",
+    "1GB-5GB",
+    "5GB-10GB",
+    "10GB+",
+];
+
+/// kubelet's image size classes (its pull-duration histogram), by packed size.
+pub fn size_class(bytes: Option<u64>) -> &'static str {
+    const MB: u64 = 1_000_000;
+    match bytes {
+        None => "unknown",
+        Some(b) if b < 10 * MB => "0-10MB",
+        Some(b) if b < 100 * MB => "10MB-100MB",
+        Some(b) if b < 500 * MB => "100MB-500MB",
+        Some(b) if b < 1000 * MB => "500MB-1GB",
+        Some(b) if b < 5000 * MB => "1GB-5GB",
+        Some(b) if b < 10000 * MB => "5GB-10GB",
+        Some(_) => "10GB+",
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn size_classes() {
+        use super::size_class;
+        assert_eq!(size_class(None), "unknown");
+        assert_eq!(size_class(Some(833)), "0-10MB");
+        assert_eq!(size_class(Some(64_000_000)), "10MB-100MB");
+        assert_eq!(size_class(Some(2_000_000_000)), "1GB-5GB");
+        assert_eq!(size_class(Some(20_000_000_000)), "10GB+");
+    }
 }

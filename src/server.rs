@@ -294,8 +294,10 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
     }));
     // Gauges that mirror state.
     let (store, m, fs) = (svc.store.clone(), svc.metrics.clone(), svc.imagefs.clone());
+    let registry_counters = svc.puller.registry_counters();
     v.push(tokio::spawn(async move {
         loop {
+            m.sync_registry(&registry_counters);
             m.images.set(store.len() as i64);
             m.containerd_up.set(store.is_synced() as i64);
             let u = fs.current();

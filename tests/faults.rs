@@ -480,6 +480,12 @@ async fn registry_5xx_and_429_are_retried() {
         .expect("pull with transient 5xx/429");
     assert_eq!(id, img.config_digest);
     assert_eq!(pe.proxy.faults_injected(), 6);
+    // Every injected fault cost one retry, and the metrics count them.
+    assert!(
+        wait_counter(&d, "cri_imaged_registry_retries_total", 6.0).await,
+        "retries not counted:\n{}",
+        d.metrics().await
+    );
     report("500/503/429", &pe.proxy, true);
 }
 
@@ -512,6 +518,11 @@ async fn connection_reset_mid_blob_resumes_with_range() {
     assert!(
         served < 2 * size,
         "served {served} bytes for a {size}-byte blob"
+    );
+    assert!(
+        wait_counter(&d, "cri_imaged_blob_range_resumes_total", 1.0).await,
+        "resume not counted:\n{}",
+        d.metrics().await
     );
     report("reset mid-blob", &pe.proxy, true);
 }
@@ -843,4 +854,22 @@ async fn concurrent_pulls_removes_and_races() {
     let mut c = d.client().await;
     assert!(list(&mut c).await.is_empty());
     assert_index_agrees(&d, &env.containerd).await;
+}
+
+/// Wait (up to 3 s: the registry counters are synced every 500 ms) until the
+/// unlabelled counter `name` reaches at least `min`.
+async fn wait_counter(d: &CriImaged, name: &str, min: f64) -> bool {
+    for _ in 0..60 {
+        let text = d.metrics().await;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if v >= min {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }

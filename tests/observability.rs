@@ -204,6 +204,9 @@ async fn metric_set_matches_the_contract() {
         ("cri_imaged_imagefs_inodes_used", "gauge"),
         ("cri_imaged_containerd_up", "gauge"),
         ("cri_imaged_build_info", "gauge"),
+        ("cri_imaged_registry_retries_total", "counter"),
+        ("cri_imaged_registry_host_fallthroughs_total", "counter"),
+        ("cri_imaged_blob_range_resumes_total", "counter"),
         ("process_cpu_seconds_total", "counter"),
         ("process_resident_memory_bytes", "gauge"),
         ("process_open_fds", "gauge"),
@@ -304,10 +307,22 @@ async fn counters_and_histograms_move() {
         0.0
     );
     assert_eq!(
-        delta(&s0, &s1, "cri_imaged_pull_duration_seconds_count", &[]),
+        delta(
+            &s0,
+            &s1,
+            "cri_imaged_pull_duration_seconds_count",
+            &[("result", "success"), ("size", "0-10MB")]
+        ),
         1.0
     );
-    assert!(delta(&s0, &s1, "cri_imaged_pull_duration_seconds_sum", &[]) > 0.0);
+    assert!(
+        delta(
+            &s0,
+            &s1,
+            "cri_imaged_pull_duration_seconds_sum",
+            &[("result", "success"), ("size", "0-10MB")]
+        ) > 0.0
+    );
     for p in ["resolve", "fetch", "unpack"] {
         assert_eq!(
             delta(
@@ -530,6 +545,7 @@ async fn counters_and_histograms_move() {
         "version",
         "revision",
         "rustc_version",
+        "size",
     ];
     for (n, ls, _) in &s7.samples {
         for (k, _) in ls {
@@ -617,7 +633,13 @@ async fn stalled_pull_is_counted_as_stalled() {
         delta("cri_imaged_pulls_total", &[("result", "failure")]),
         1.0
     );
-    assert_eq!(delta("cri_imaged_pull_duration_seconds_count", &[]), 1.0);
+    assert_eq!(
+        delta(
+            "cri_imaged_pull_duration_seconds_count",
+            &[("result", "failure"), ("size", "unknown")]
+        ),
+        1.0
+    );
     assert!(delta("cri_imaged_fetched_bytes_total", &[]) >= (128 * 1024) as f64);
     assert_eq!(s1.get("cri_imaged_pulls_in_flight", &[]), 0.0);
     promtool_check(&s1.text);

@@ -662,6 +662,22 @@ async fn hosts_toml_mirror_down_and_mapped_host() {
         t.elapsed()
     );
     assert!(status(&mut c, &r).await.is_some());
+    // The dead mirror's failures moved the pull on to the upstream: counted.
+    let mut fell_through = 0.0;
+    for _ in 0..60 {
+        fell_through = d
+            .metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("cri_imaged_registry_host_fallthroughs_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if fell_through >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fell_through >= 1.0, "mirror fall-through not counted");
 
     let r = "gcr.io/team/app:v1";
     let id = pull(&mut c, r).await.expect("pull gcr.io via hosts.toml");

@@ -296,6 +296,7 @@ pub async fn fetch_blob(
                         return Err(e.into());
                     }
                     resumes += 1;
+                    ctx.metrics.blob_range_resumes.inc();
                     tracing::info!(digest = %desc.digest, offset = want, error = %e, "blob download broke; resuming with a range request");
                     continue 'download;
                 }
@@ -318,6 +319,7 @@ pub async fn fetch_blob(
             )));
         }
         resumes += 1;
+        ctx.metrics.blob_range_resumes.inc();
     }
     if !buf.is_empty() {
         w.send(buf, ctx).await?;

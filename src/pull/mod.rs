@@ -56,6 +56,8 @@ pub struct PullReport {
     pub records: Duration,
     /// True when the image was already complete locally.
     pub already_present: bool,
+    /// The image's packed size (indexes, manifest, config, layers).
+    pub size: u64,
 }
 
 impl PullReport {
@@ -65,6 +67,7 @@ impl PullReport {
             image_id: info.id.clone(),
             platform: info.platform.to_string(),
             already_present: true,
+            size: info.size,
             resolve,
             ..Default::default()
         }
@@ -74,6 +77,7 @@ impl PullReport {
         PullReport {
             image_id: image.manifest.config.digest.clone(),
             platform: image.config.platform().to_string(),
+            size: crate::store::ImageInfo::of(image).size,
             resolve,
             ..Default::default()
         }
@@ -169,6 +173,11 @@ impl Puller {
         })
     }
 
+    /// The registry client's counters (retries, host fall-throughs), for the metrics.
+    pub fn registry_counters(&self) -> Arc<crate::registry::RegistryCounters> {
+        self.registries.counters()
+    }
+
     /// The snapshotter for a runtime handler.
     pub fn snapshotter_for(&self, runtime_handler: &str) -> String {
         self.cfg
@@ -209,8 +218,14 @@ impl Puller {
         if joined.coalesced {
             self.metrics.pulls_coalesced.inc();
         } else {
+            let (result, size) = match &joined.value {
+                Ok(r) if r.already_present => ("present", Some(r.size)),
+                Ok(r) => ("success", Some(r.size)),
+                Err(_) => ("failure", None),
+            };
             self.metrics
                 .pull_duration
+                .with_label_values(&[result, crate::metrics::size_class(size)])
                 .observe(started.elapsed().as_secs_f64());
         }
         joined.value

@@ -71,6 +71,7 @@ pub(crate) struct Transport {
     /// Last auth challenge seen per (endpoint host, credential id), used to
     /// authorize subsequent requests up front.
     challenges: Mutex<HashMap<(String, String), Challenge>>,
+    pub(crate) counters: std::sync::Arc<super::RegistryCounters>,
 }
 
 enum SendError {
@@ -169,6 +170,7 @@ impl Transport {
             clients: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
+            counters: Default::default(),
         }
     }
 
@@ -354,6 +356,9 @@ impl Transport {
                 }
             }
             if attempt < MAX_ATTEMPTS {
+                self.counters
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(host = %hostport, attempt, error = %last, delay_ms = delay.as_millis() as u64, "{what}: retrying");
                 tokio::time::sleep(delay).await;
             }

@@ -94,6 +94,15 @@ impl std::fmt::Debug for Blob {
     }
 }
 
+/// What the registry client counts for the metrics: retried requests (429,
+/// 5xx, broken connections) and fall-throughs from one host to the next
+/// (a mirror that failed or lacked the content). Monotonic.
+#[derive(Debug, Default)]
+pub struct RegistryCounters {
+    pub retries: std::sync::atomic::AtomicU64,
+    pub host_fallthroughs: std::sync::atomic::AtomicU64,
+}
+
 /// Registry client set. Cheap to clone.
 #[derive(Clone)]
 pub struct Registries {
@@ -103,6 +112,13 @@ pub struct Registries {
 struct Inner {
     config_path: PathBuf,
     transport: Transport,
+}
+
+impl Registries {
+    /// The counters of this client set (shared with its transport).
+    pub fn counters(&self) -> Arc<RegistryCounters> {
+        self.inner.transport.counters.clone()
+    }
 }
 
 impl std::fmt::Debug for Registries {
@@ -462,6 +478,17 @@ impl Registries {
             .await
     }
 
+    /// Count moving on from `t` to a next host (none after the last one).
+    fn fell_through(&self, t: &Target<'_>, targets: &[Target<'_>]) {
+        if targets.last().is_some_and(|last| !std::ptr::eq(last, t)) {
+            self.inner
+                .transport
+                .counters
+                .host_fallthroughs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Try `attempt` on each host of `domain` that has `cap`, in order (mirrors
     /// first, then the upstream): the first result wins; a 404 moves on; an
     /// error moves on too unless it is one no other host can fix (too large,
@@ -488,6 +515,7 @@ impl Registries {
                 HostOutcome::Done(v) => return Ok(v),
                 HostOutcome::NotFound => {
                     tracing::debug!(host = %t.ep_host, %name, "{kind} not found on host");
+                    self.fell_through(t, &targets);
                 }
                 HostOutcome::Failed(e) => {
                     tracing::warn!(host = %t.ep_host, %name, error = %e, "{kind} fetch failed on host");
@@ -495,6 +523,7 @@ impl Registries {
                         return Err(e);
                     }
                     errors.push((t.ep_host.clone(), e));
+                    self.fell_through(t, &targets);
                 }
             }
         }
