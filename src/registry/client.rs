@@ -338,7 +338,17 @@ impl Transport {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Fatal(e)) => return Err(e),
                 Err(SendError::Net(e)) => {
-                    if let Some(tls) = tls_failure(&e) {
+                    // Certificate problems and a server refusing our handshake are
+                    // configuration errors, final; anything else TLS says (e.g. a
+                    // plain-http server answering) is a network error like others.
+                    if let Some(tls) = tls_failure(&e).filter(|t| {
+                        matches!(
+                            t,
+                            rustls::Error::InvalidCertificate(_)
+                                | rustls::Error::NoCertificatesPresented
+                                | rustls::Error::AlertReceived(_)
+                        )
+                    }) {
                         let chain = error_chain(&e);
                         let msg = if matches!(tls, rustls::Error::AlertReceived(_)) {
                             format!(
