@@ -159,16 +159,6 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let daemon = build(&cfg)?;
     let svc = daemon.service.clone();
-    // The metrics port first: a port that cannot be bound stops the start
-    // before the CRI socket exists.
-    let metrics_listener = if cfg.metrics_address.is_empty() {
-        None
-    } else {
-        let addr: std::net::SocketAddr = cfg.metrics_address.parse()?;
-        Some(metrics::bind(addr, cfg.socket_takeover).with_context(|| {
-            format!("binding metrics_address {addr} (is another process using it? change metrics_address, or set it to \"\" to turn metrics off)")
-        })?)
-    };
     // Socket activation: systemd owns the socket file (and keeps it across
     // our restarts); else we bind it ourselves and remove it on the way out.
     let (listener, owned) = match crate::systemd::inherited_listener()? {
@@ -185,6 +175,24 @@ pub async fn serve(
     let socket_ino = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&cfg.listen).ok().map(|m| m.ino())
+    };
+    // A metrics port that cannot be bound stops the start (after the CRI
+    // socket checks, whose refusal says more), removing the socket again.
+    let metrics_listener = if cfg.metrics_address.is_empty() {
+        None
+    } else {
+        let addr: std::net::SocketAddr = cfg.metrics_address.parse()?;
+        match metrics::bind(addr, cfg.socket_takeover) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if owned {
+                    remove_socket_if_ours(&cfg.listen, socket_ino);
+                }
+                return Err(anyhow::Error::new(e).context(format!(
+                    "binding metrics_address {addr} (is another process using it? change metrics_address, or set it to \"\" to turn metrics off)"
+                )));
+            }
+        }
     };
     tracing::info!(
         socket = %cfg.listen.display(),

@@ -10,7 +10,11 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread")]
 async fn new_instance_takes_the_socket_over() {
     let env = TestEnv::start();
-    let mut old = cri_imaged!().start(&env.containerd);
+    // As the chart runs them: every instance has socket_takeover, so both
+    // share the metrics port (SO_REUSEPORT) while they overlap.
+    let mut old = cri_imaged!()
+        .config(|c| c.socket_takeover = true)
+        .start(&env.containerd);
     old.wait_synced().await;
     let ino_old = std::fs::metadata(&old.socket).unwrap().ino();
 
