@@ -9,18 +9,27 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
 
-pub async fn check(socket: &Path, timeout: Duration) -> anyhow::Result<String> {
+/// A gRPC channel over the unix socket at `socket` (tonic sends a valid
+/// authority; the socket path goes to the connector only).
+pub async fn unix_channel(
+    socket: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+pub async fn check(socket: &Path, timeout: Duration) -> anyhow::Result<String> {
     let call = async {
-        let ch = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        let ch = unix_channel(socket)
             .await
             .with_context(|| format!("connecting to {}", socket.display()))?;
         let r = cri::image_service_client::ImageServiceClient::new(ch)

@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut};
 use k8s_cri::v1 as cri;
 use std::path::Path;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 // ---------------------------------------------------------------------------
@@ -54,16 +54,7 @@ impl Decoder for RawDec {
 }
 
 async fn channel(socket: &Path) -> Channel {
-    let path = socket.to_path_buf();
-    Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    cri_imaged::health::unix_channel(socket)
         .await
         .expect("connect")
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{wait_for, Containerd};
 
@@ -257,16 +257,7 @@ impl Drop for CriImaged {
 
 /// A CRI image client over a unix socket (ours or containerd's).
 pub async fn cri_client(socket: &Path) -> ImageServiceClient<Channel> {
-    let path = socket.to_path_buf();
-    let ch = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let ch = cri_imaged::health::unix_channel(socket)
         .await
         .expect("connect CRI socket");
     ImageServiceClient::new(ch).max_decoding_message_size(64 << 20)
