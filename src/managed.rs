@@ -61,6 +61,12 @@ state = "{d}/state"
 [plugins."io.containerd.cri.v1.runtime"]
   disable_apparmor = true
   restrict_oom_score_adj = true
+
+# 2.x starts NRI on the host-wide /var/run/nri/nri.sock by default; a
+# managed containerd beside the node's own would fail to bind it and exit.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+  socket_path = "{d}/nri.sock"
 "#
         )
     } else {
@@ -218,6 +224,8 @@ mod tests {
         let v3 = config_toml(d, "overlayfs", c, 2);
         assert!(v3.starts_with("version = 3"));
         assert!(v3.contains(r#"[plugins."io.containerd.cri.v1.images"]"#));
+        // NRI's host-wide socket would collide with the node's containerd.
+        assert!(v3.contains("[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true"));
         for cfg in [config_toml(d, "native", c, 1), v3] {
             let t: toml::Value = toml::from_str(&cfg).unwrap();
             assert!(t.get("grpc").is_some());

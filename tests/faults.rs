@@ -873,3 +873,40 @@ async fn wait_counter(d: &CriImaged, name: &str, min: f64) -> bool {
     }
     false
 }
+
+/// Several containerds on one host (the tests run two at a time; a managed
+/// containerd runs beside the node's own): none may take a host-wide socket.
+/// containerd 2.x opens NRI on /var/run/nri/nri.sock unless told otherwise,
+/// and the second one to start then exits with "address already in use".
+#[test]
+fn containerds_side_by_side_share_no_host_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let host_nri = std::path::Path::new("/var/run/nri/nri.sock");
+    let stamp = || {
+        std::fs::metadata(host_nri)
+            .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+            .ok()
+    };
+    let before = stamp();
+    let mut a = Containerd::start(ContainerdOpts::default());
+    let mut b = Containerd::start(ContainerdOpts::default());
+    // Restart one while the other runs: a stale socket left by a kill must not
+    // matter either.
+    a.kill();
+    a.start_again();
+    for c in [&mut a, &mut b] {
+        assert!(c.is_running(), "containerd exited:\n{}", c.log_tail(20));
+        assert!(
+            c.plugin_ok("io.containerd.grpc.v1", "cri"),
+            "{}",
+            c.log_tail(20)
+        );
+        let log = std::fs::read_to_string(&c.log).unwrap();
+        assert!(
+            !log.contains("/var/run/nri/"),
+            "NRI on the host socket:\n{log}"
+        );
+    }
+    let after = stamp();
+    assert_eq!(before, after, "a test containerd (re)created {host_nri:?}");
+}

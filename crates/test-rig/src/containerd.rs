@@ -191,6 +191,13 @@ disabled_plugins = [
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+
+# 2.x turns NRI on with a fixed socket, /var/run/nri/nri.sock: a second
+# containerd on the host (tests run several at once) fails to bind it and
+# exits. Off, and pointed into the private directory besides.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+  socket_path = "{dir}/nri.sock"
 {extra}
 "#
         );
