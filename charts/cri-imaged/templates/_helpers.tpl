@@ -155,3 +155,27 @@ exec:
     - --timeout
     - {{ .Values.hostService.healthTimeout }}
 {{- end }}
+
+{{/*
+PromQL label matchers selecting cri-imaged's series in the PrometheusRule:
+prometheusRule.selector, or the job label Prometheus Operator gives this
+release's targets (ServiceMonitor: the Service's name; PodMonitor:
+<namespace>/<PodMonitor name>).
+*/}}
+{{- define "cri-imaged.ruleSelector" -}}
+{{- if .Values.prometheusRule.selector }}
+{{- .Values.prometheusRule.selector }}
+{{- else }}
+{{- $name := include "cri-imaged.fullname" . }}
+{{- printf "job=~\"%s|%s\"" (regexQuoteMeta $name) (regexQuoteMeta (printf "%s/%s" .Release.Namespace $name)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+An alert's labels, (dict "root" $ "severity" "warning"): its severity and
+prometheusRule.additionalRuleLabels (which may replace the severity).
+*/}}
+{{- define "cri-imaged.alertLabels" -}}
+{{- $extra := .root.Values.prometheusRule.additionalRuleLabels | default dict }}
+{{- toYaml (merge (deepCopy $extra) (dict "severity" .severity)) }}
+{{- end }}
