@@ -37,6 +37,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who writes a layer's files into its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpacker {
+    /// cri-imaged itself for the overlayfs snapshotter when it can see the
+    /// snapshot directories (streaming, verified as the bytes arrive);
+    /// containerd's diff service otherwise.
+    #[default]
+    Auto,
+    /// containerd's diff service for every layer.
+    Containerd,
+}
+
 /// The whole configuration. Every key has a default; unknown keys are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,6 +77,12 @@ pub struct Config {
     pub containerd_root: PathBuf,
     /// Per-runtime-handler snapshotter (`ImageSpec.runtime_handler` -> snapshotter).
     pub runtime_handler_snapshotters: BTreeMap<String, String>,
+    /// Who unpacks layers: `auto` (natively into overlayfs snapshots, with
+    /// containerd's diff service as the fallback) or `containerd` (always).
+    pub unpacker: Unpacker,
+    /// Where downloads are spooled while the native unpack reads them
+    /// (unlinked temporary files). Empty: the system's temporary directory.
+    pub spool_dir: PathBuf,
     /// Registry host configuration directory (containerd certs.d layout).
     pub registry_config_path: PathBuf,
     /// Address of the /metrics, /healthz and /readyz HTTP server; empty = off.
@@ -110,6 +129,8 @@ impl Default for Config {
             snapshotter_root: PathBuf::new(),
             containerd_root: PathBuf::from("/var/lib/containerd"),
             runtime_handler_snapshotters: BTreeMap::new(),
+            unpacker: Unpacker::Auto,
+            spool_dir: PathBuf::new(),
             registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
             metrics_address: "127.0.0.1:9110".into(),
             imagefs_sample_interval: Duration::from_secs(10),
@@ -195,6 +216,12 @@ impl Config {
 
     /// Check every value; the first problem is returned naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.spool_dir.as_os_str().is_empty() && !self.spool_dir.is_absolute() {
+            return Err(invalid(
+                "spool_dir",
+                format!("{:?} must be an absolute directory path", self.spool_dir),
+            ));
+        }
         if self.listen.as_os_str().is_empty() || !self.listen.is_absolute() {
             return Err(invalid(
                 "listen",

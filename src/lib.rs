@@ -9,6 +9,7 @@ mod cri;
 pub mod health;
 mod imagefs;
 pub mod install;
+pub mod layer;
 pub mod managed;
 pub mod manifest;
 mod metrics;

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub bytes_fetched: IntCounter,
     pub layers_fetched: IntCounter,
     pub layers_reused: IntCounter,
+    /// Layers written into snapshots, by who wrote them.
+    pub layers_unpacked_native: IntCounter,
+    pub layers_unpacked_containerd: IntCounter,
     pub removals: IntCounter,
     pub images: IntGauge,
     pub imagefs_used_bytes: Gauge,
@@ -185,6 +188,15 @@ impl Metrics {
             "cri_imaged_layers_reused_total",
             "Layers already in containerd's content store, not downloaded.",
         ));
+        let layers_unpacked = must(IntCounterVec::new(
+            Opts::new(
+                "cri_imaged_layers_unpacked_total",
+                "Layers written into snapshots, by unpacker: native (cri-imaged wrote the files) or containerd (its diff service).",
+            ),
+            &["unpacker"],
+        ));
+        let layers_unpacked_native = layers_unpacked.with_label_values(&["native"]);
+        let layers_unpacked_containerd = layers_unpacked.with_label_values(&["containerd"]);
         let removals = must(IntCounter::new(
             "cri_imaged_image_removals_total",
             "Images removed.",
@@ -231,6 +243,7 @@ impl Metrics {
             Box::new(bytes_fetched.clone()),
             Box::new(layers_fetched.clone()),
             Box::new(layers_reused.clone()),
+            Box::new(layers_unpacked.clone()),
             Box::new(removals.clone()),
             Box::new(images.clone()),
             Box::new(imagefs_used_bytes.clone()),
@@ -280,6 +293,8 @@ impl Metrics {
             bytes_fetched,
             layers_fetched,
             layers_reused,
+            layers_unpacked_native,
+            layers_unpacked_containerd,
             removals,
             images,
             imagefs_used_bytes,

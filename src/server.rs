@@ -121,6 +121,12 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             per_pull_downloads: cfg.max_concurrent_downloads_per_pull,
             lease_expiry: cfg.lease_expiry,
             pinned: cfg.pinned_images.clone(),
+            native_unpack: cfg.unpacker == crate::config::Unpacker::Auto,
+            spool_dir: if cfg.spool_dir.as_os_str().is_empty() {
+                std::env::temp_dir()
+            } else {
+                cfg.spool_dir.clone()
+            },
         },
         cfg.max_concurrent_downloads,
         metrics.clone(),

@@ -19,9 +19,11 @@ use std::time::Instant;
 use futures::future::{try_join, try_join_all};
 use tokio::sync::Semaphore;
 
+use super::spool::{Spool, SpoolWriter};
 use super::{records, unpack, PullCtx, PullError, Puller};
 use crate::containerd::{ContainerdError, LeaseResource};
 use crate::manifest::Descriptor;
+use tokio::sync::oneshot;
 
 /// Bytes per content write message.
 const CHUNK: usize = 1 << 20;
@@ -220,28 +222,77 @@ pub async fn write_bytes(
     Ok(Fetched::Downloaded(n))
 }
 
-/// Download a blob from the registry into containerd (unless present).
-pub async fn fetch_blob(
+/// Where downloaded bytes go, in order.
+trait Sink {
+    async fn put(&mut self, chunk: &[u8], ctx: &PullCtx) -> Result<(), PullError>;
+}
+
+/// Into a content write, gathered into messages of `CHUNK` bytes.
+struct ContentSink {
+    w: Writer,
+    buf: Vec<u8>,
+}
+
+impl Sink for ContentSink {
+    async fn put(&mut self, mut rest: &[u8], ctx: &PullCtx) -> Result<(), PullError> {
+        while !rest.is_empty() {
+            let take = (CHUNK - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == CHUNK {
+                let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+                self.w.send(data, ctx).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ContentSink {
+    async fn finish(
+        mut self,
+        desc: &Descriptor,
+        labels: HashMap<String, String>,
+        ctx: &PullCtx,
+    ) -> Result<(), PullError> {
+        if !self.buf.is_empty() {
+            let data = std::mem::take(&mut self.buf);
+            self.w.send(data, ctx).await?;
+        }
+        self.w.commit(desc, labels, ctx).await
+    }
+}
+
+/// Into a spool the native unpack and the content writer read.
+struct SpoolSink {
+    writer: SpoolWriter,
+    pos: u64,
+}
+
+impl Sink for SpoolSink {
+    async fn put(&mut self, chunk: &[u8], _ctx: &PullCtx) -> Result<(), PullError> {
+        self.writer
+            .write_at(chunk, self.pos)
+            .map_err(|e| PullError::Internal(format!("spool write: {e}")))?;
+        self.pos += chunk.len() as u64;
+        Ok(())
+    }
+}
+
+/// Stream `desc` from the registry from byte `from` into `sink`: range
+/// resumes on broken or short bodies, the stall watchdog, and no byte past
+/// the size the manifest declares.
+async fn download(
     ctx: &PullCtx,
     desc: &Descriptor,
-    labels: HashMap<String, String>,
-) -> Result<Fetched, PullError> {
-    // Existence check and lease reference in one step (see write_bytes).
-    let mut w = match open(ctx, desc).await? {
-        Opened::Exists => return Ok(Fetched::Reused),
-        Opened::Open(w) => w,
-    };
+    from: u64,
+    sink: &mut impl Sink,
+) -> Result<(), PullError> {
     let size = desc.size.max(0) as u64;
-    if w.offset > size {
-        w.offset = 0;
-    }
-    let start_offset = w.offset;
+    let mut pos = from;
     let mut resumes = 0;
-    // One copy per byte: registry chunks are gathered straight into the
-    // Vec that becomes the write message.
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-    'download: while w.offset + buf.len() as u64 != size || size == 0 {
-        let want = w.offset + buf.len() as u64;
+    'download: while pos != size || size == 0 {
+        let want = pos;
         let blob = ctx
             .registries
             .get_blob(&ctx.domain, &ctx.repo, &desc.digest, want, &ctx.auth)
@@ -258,7 +309,7 @@ pub async fn fetch_blob(
                         return Err(PullError::Stalled {
                             digest: desc.digest.clone(),
                             after: ctx.progress_timeout,
-                            received: w.offset + buf.len() as u64,
+                            received: pos,
                             total: size,
                         })
                     }
@@ -273,23 +324,14 @@ pub async fn fetch_blob(
                         let _ = chunk.split_to(s);
                         skip -= s as u64;
                     }
-                    if w.offset + (buf.len() + chunk.len()) as u64 > size {
-                        let _ = ctx.cd.abort_write(&w.r#ref).await;
+                    if pos + chunk.len() as u64 > size {
                         return Err(PullError::DigestMismatch(format!(
                             "blob {} from {}/{}: the registry sent more than the {} bytes the manifest declares",
                             desc.digest, ctx.domain, ctx.repo, size
                         )));
                     }
-                    let mut rest: &[u8] = &chunk;
-                    while !rest.is_empty() {
-                        let take = (CHUNK - buf.len()).min(rest.len());
-                        buf.extend_from_slice(&rest[..take]);
-                        rest = &rest[take..];
-                        if buf.len() == CHUNK {
-                            let data = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
-                            w.send(data, ctx).await?;
-                        }
-                    }
+                    sink.put(&chunk, ctx).await?;
+                    pos += chunk.len() as u64;
                 }
                 Some(Err(e)) => {
                     if resumes >= MAX_RESUMES || !super::retryable(&e) {
@@ -297,12 +339,12 @@ pub async fn fetch_blob(
                     }
                     resumes += 1;
                     ctx.metrics.blob_range_resumes.inc();
-                    tracing::info!(digest = %desc.digest, offset = want, error = %e, "blob download broke; resuming with a range request");
+                    tracing::info!(digest = %desc.digest, offset = pos, error = %e, "blob download broke; resuming with a range request");
                     continue 'download;
                 }
             }
         }
-        if size == 0 || w.offset + buf.len() as u64 == size {
+        if size == 0 || pos == size {
             break;
         }
         if resumes >= MAX_RESUMES {
@@ -312,7 +354,7 @@ pub async fn fetch_blob(
                     desc.digest,
                     ctx.domain,
                     ctx.repo,
-                    w.offset + buf.len() as u64,
+                    pos,
                     size,
                     resumes + 1
                 ),
@@ -321,11 +363,130 @@ pub async fn fetch_blob(
         resumes += 1;
         ctx.metrics.blob_range_resumes.inc();
     }
-    if !buf.is_empty() {
-        w.send(buf, ctx).await?;
+    Ok(())
+}
+
+/// Download a blob from the registry into containerd (unless present).
+pub async fn fetch_blob(
+    ctx: &PullCtx,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+) -> Result<Fetched, PullError> {
+    // Existence check and lease reference in one step (see write_bytes).
+    match open(ctx, desc).await? {
+        Opened::Exists => Ok(Fetched::Reused),
+        Opened::Open(w) => fetch_into(ctx, desc, labels, w).await,
     }
-    w.commit(desc, labels, ctx).await?;
+}
+
+/// The download into an open content write, resumed from where its ingest stands.
+async fn fetch_into(
+    ctx: &PullCtx,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+    mut w: Writer,
+) -> Result<Fetched, PullError> {
+    let size = desc.size.max(0) as u64;
+    if w.offset > size {
+        w.offset = 0;
+    }
+    let start_offset = w.offset;
+    let r#ref = w.r#ref.clone();
+    // One copy per byte: registry chunks are gathered straight into the
+    // Vec that becomes the write message.
+    let mut sink = ContentSink {
+        w,
+        buf: Vec::with_capacity(CHUNK),
+    };
+    if let Err(e) = download(ctx, desc, start_offset, &mut sink).await {
+        if matches!(e, PullError::DigestMismatch(_)) {
+            let _ = ctx.cd.abort_write(&r#ref).await;
+        }
+        return Err(e);
+    }
+    sink.finish(desc, labels, ctx).await?;
     Ok(Fetched::Downloaded(size - start_offset))
+}
+
+/// Download a blob into a spool handed to the native unpack at once (through
+/// `spooled`), while a second task copies the spool into containerd's content
+/// store; the unpack never waits for containerd's ingest. Present content is
+/// not downloaded (and `spooled` is dropped: the unpack reads containerd's).
+pub async fn fetch_blob_spooled(
+    ctx: &PullCtx,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+    spool_dir: &std::path::Path,
+    spooled: oneshot::Sender<Arc<Spool>>,
+) -> Result<Fetched, PullError> {
+    let mut w = match open(ctx, desc).await? {
+        Opened::Exists => return Ok(Fetched::Reused),
+        Opened::Open(w) => w,
+    };
+    let size = desc.size.max(0) as u64;
+    if w.offset > 0 && w.offset < size {
+        // An ingest an interrupted pull left half done: resume it with a
+        // Range request rather than fetch it all again; containerd's
+        // applier unpacks this one from the content store.
+        return fetch_into(ctx, desc, labels, w).await;
+    }
+    let spool = Spool::create(spool_dir).map_err(|e| {
+        PullError::Internal(format!(
+            "cannot create a download spool in {} (spool_dir): {e}",
+            spool_dir.display()
+        ))
+    })?;
+    let _ = spooled.send(spool.clone());
+    if w.offset > size {
+        w.offset = 0;
+    }
+    let r#ref = w.r#ref.clone();
+    let fetch = async {
+        let mut sink = SpoolSink {
+            writer: spool.writer(),
+            pos: 0,
+        };
+        download(ctx, desc, 0, &mut sink).await?;
+        sink.writer.complete();
+        Ok::<(), PullError>(())
+    };
+    let store = async {
+        // From where containerd's ingest stands (a resumed write).
+        let mut pos = w.offset;
+        let mut sink = ContentSink {
+            w,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let (avail, complete) = spool
+                .wait_past(pos)
+                .await
+                .map_err(|e| PullError::Internal(format!("spool: {e}")))?;
+            while pos < avail {
+                let n = ((avail - pos) as usize).min(CHUNK);
+                let got = spool
+                    .read_at(&mut buf[..n], pos)
+                    .map_err(|e| PullError::Internal(format!("spool read: {e}")))?;
+                if got == 0 {
+                    break;
+                }
+                sink.put(&buf[..got], ctx).await?;
+                pos += got as u64;
+            }
+            if complete && pos >= avail {
+                break;
+            }
+        }
+        sink.finish(desc, labels, ctx).await
+    };
+    if let Err(e) = try_join(fetch, store).await {
+        if matches!(e, PullError::DigestMismatch(_)) {
+            let _ = ctx.cd.abort_write(&r#ref).await;
+        }
+        return Err(e);
+    }
+    Ok(Fetched::Downloaded(size))
 }
 
 /// One download per blob in this process, even across different images, but
@@ -361,33 +522,41 @@ pub(super) async fn fetch_and_unpack(
 ) -> Result<LayersDone, PullError> {
     let start = Instant::now();
     let per_pull = Arc::new(Semaphore::new(puller.cfg.per_pull_downloads.max(1)));
-    let (arrived, arrivals): (Vec<_>, Vec<_>) = layers
+    let (arrived, arrivals): (Vec<_>, Vec<_>) =
+        layers.iter().map(|_| oneshot::channel::<()>()).unzip();
+    // Each layer downloaded by this pull is handed to the native unpack as
+    // soon as its download starts (a dropped sender: read containerd's copy).
+    let (spooled, spools): (Vec<_>, Vec<_>) = layers
         .iter()
-        .map(|_| tokio::sync::oneshot::channel::<()>())
+        .map(|_| oneshot::channel::<Arc<Spool>>())
         .unzip();
-    let fetches = layers.iter().zip(arrived).map(|(layer, arrived)| {
-        let per_pull = per_pull.clone();
-        async move {
-            let _p = per_pull
-                .acquire_owned()
-                .await
-                .map_err(|_| PullError::Canceled)?;
-            let _g = puller
-                .global_downloads
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| PullError::Canceled)?;
-            let r = fetch_layer(puller, ctx, layer).await?;
-            let _ = arrived.send(());
-            Ok::<Fetched, PullError>(r)
-        }
-    });
+    let fetches = layers
+        .iter()
+        .zip(arrived)
+        .zip(spooled)
+        .map(|((layer, arrived), spooled)| {
+            let per_pull = per_pull.clone();
+            async move {
+                let _p = per_pull
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PullError::Canceled)?;
+                let _g = puller
+                    .global_downloads
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PullError::Canceled)?;
+                let r = fetch_layer(puller, ctx, layer, spooled).await?;
+                let _ = arrived.send(());
+                Ok::<Fetched, PullError>(r)
+            }
+        });
     let fetch_all = async {
         let r = try_join_all(fetches).await?;
         Ok::<_, PullError>((r, start.elapsed()))
     };
-    let unpacking = unpack::unpack(ctx, layers, diff_ids, arrivals);
+    let unpacking = unpack::unpack(ctx, layers, diff_ids, arrivals, spools);
     // On failure the lease stays until it expires so a retry resumes; what
     // was written is collected by containerd's GC after that.
     let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;
@@ -410,6 +579,7 @@ async fn fetch_layer(
     puller: &Arc<Puller>,
     ctx: &Arc<PullCtx>,
     layer: &Descriptor,
+    spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
     let key = BlobKey {
         digest: layer.digest.clone(),
@@ -422,9 +592,16 @@ async fn fetch_layer(
             key,
             {
                 let (ctx, layer) = (ctx.clone(), layer.clone());
+                // Only the caller that runs the download hands out a spool.
                 move || async move {
                     let source = records::source_label(&ctx.domain, &ctx.repo);
-                    fetch_blob(&ctx, &layer, HashMap::from([source])).await
+                    let labels = HashMap::from([source]);
+                    match &ctx.native {
+                        Some(n) => {
+                            fetch_blob_spooled(&ctx, &layer, labels, &n.spool_dir, spooled).await
+                        }
+                        None => fetch_blob(&ctx, &layer, labels).await,
+                    }
                 }
             },
             || Err(PullError::Canceled),

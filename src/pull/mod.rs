@@ -11,6 +11,7 @@ mod local;
 mod records;
 mod resolve;
 mod singleflight;
+mod spool;
 mod unpack;
 
 use std::collections::HashMap;
@@ -40,6 +41,10 @@ pub struct PullConfig {
     pub per_pull_downloads: usize,
     pub lease_expiry: Duration,
     pub pinned: Vec<String>,
+    /// Unpack natively into overlayfs snapshots where possible.
+    pub native_unpack: bool,
+    /// Where downloads are spooled for the native unpack.
+    pub spool_dir: std::path::PathBuf,
 }
 
 /// What a pull did.
@@ -103,6 +108,8 @@ pub(crate) struct PullCtx {
     pub progress_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub bytes: std::sync::atomic::AtomicU64,
+    /// Set when layers may be unpacked natively (overlayfs, not turned off).
+    pub native: Option<unpack::Native>,
 }
 
 impl PullCtx {
@@ -124,6 +131,11 @@ impl PullCtx {
             progress_timeout: puller.cfg.progress_timeout,
             metrics: puller.metrics.clone(),
             bytes: Default::default(),
+            native: (puller.cfg.native_unpack && snapshotter == "overlayfs").then(|| {
+                unpack::Native {
+                    spool_dir: puller.cfg.spool_dir.clone(),
+                }
+            }),
         }
     }
 

@@ -1,28 +1,91 @@
-//! Unpacking in containerd, pipelined with the download: layer i is applied
-//! (snapshots Prepare -> diff Apply -> verify diffID -> Commit) as soon as it
-//! and every layer below it are in the content store.
+//! Unpacking, pipelined with the download: layer i is applied (snapshots
+//! Prepare -> write the files -> verify -> Commit) in order, as soon as every
+//! layer below it is committed.
+//!
+//! Who writes the files: cri-imaged itself (the native unpack, `crate::layer`)
+//! for a layer this pull downloads into an overlayfs snapshot it can see; it
+//! streams the spooled download through a decoder thread (digest, decompress,
+//! diff ID) into an applier thread that writes the upper directory. Layers
+//! decode up to `DECODE_AHEAD` ahead of the one being written. Otherwise
+//! (another snapshotter, content already present, a snapshot directory in
+//! another mount namespace, `unpacker: containerd`) containerd's diff service
+//! applies it from the content store. Either way containerd owns the
+//! snapshots: Prepare and Commit go through its API under the pull's lease.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::spool::Spool;
 use super::{PullCtx, PullError};
 use crate::containerd::{labels, ContainerdError, LeaseResource};
+use crate::layer::{self, LayerError, Whiteouts};
 use crate::manifest::Descriptor;
 
 /// Key prefix of our active (being extracted) snapshots:
 /// `extract-crii-<pid>-<nanos>-<random> <chainID>`.
 pub const EXTRACT_KEY_PREFIX: &str = "extract-crii-";
 
-/// Unpack `layers`; `fetched[i]` fires when layer i is in the content store.
-/// Returns the top chain ID and the time (since the start of the call) at
-/// which the unpack finished.
+/// Layers whose decoders may run at once (each buffers at most
+/// `DECODE_BUFFER` MiB of tar ahead of its applier).
+const DECODE_AHEAD: usize = 3;
+const DECODE_BUFFER: usize = 4;
+
+/// Settings of the native unpack for one pull.
+#[derive(Debug, Clone)]
+pub struct Native {
+    pub spool_dir: PathBuf,
+}
+
+/// A fallback to containerd's applier is logged once per process.
+static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Sets the flag when dropped: stops the blocking threads of an abandoned unpack.
+struct CancelOnDrop(Arc<AtomicBool>);
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One layer being decoded ahead of its apply.
+struct Decoding {
+    rx: Receiver<Vec<u8>>,
+    task: tokio::task::JoinHandle<Result<layer::Decoded, LayerError>>,
+    cancel: CancelOnDrop,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn start_decoder(spool: Arc<Spool>, desc: &Descriptor, permit: OwnedSemaphorePermit) -> Decoding {
+    let (tx, rx) = sync_channel(DECODE_BUFFER);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (flag, digest, size) = (cancel.clone(), desc.digest.clone(), desc.size.max(0) as u64);
+    let task = tokio::task::spawn_blocking(move || {
+        layer::decode(spool.reader(), &digest, size, tx, &flag)
+    });
+    Decoding {
+        rx,
+        task,
+        cancel: CancelOnDrop(cancel),
+        _permit: permit,
+    }
+}
+
+/// Unpack `layers`; `fetched[i]` fires when layer i is in the content store;
+/// `spools[i]` yields layer i's download as it streams in, when this pull
+/// downloads it natively. Returns the top chain ID and the time (since the
+/// start of the call) at which the unpack finished.
 pub async fn unpack(
     ctx: &PullCtx,
     layers: &[Descriptor],
     diff_ids: &[String],
     fetched: Vec<oneshot::Receiver<()>>,
+    spools: Vec<oneshot::Receiver<Arc<Spool>>>,
 ) -> Result<(String, Duration), PullError> {
     let start = Instant::now();
     let chain = crate::reference::chain_id(diff_ids);
@@ -48,25 +111,69 @@ pub async fn unpack(
             present_up_to = None;
         }
     }
+    let needed: Vec<bool> = (0..layers.len())
+        .map(|i| present_up_to.is_none_or(|k| i > k))
+        .collect();
+    // Decoders start in layer order (so the bounded lookahead cannot block
+    // the layer the applier waits for), as soon as each download starts.
+    let (decoded_tx, decoded): (Vec<_>, Vec<_>) = layers
+        .iter()
+        .map(|_| oneshot::channel::<Decoding>())
+        .unzip();
+    let starter = ctx.native.is_some().then(|| {
+        let ahead = Arc::new(Semaphore::new(DECODE_AHEAD));
+        let jobs: Vec<_> = layers
+            .iter()
+            .cloned()
+            .zip(spools)
+            .zip(decoded_tx)
+            .zip(needed.iter().copied())
+            .collect();
+        AbortOnDrop(tokio::spawn(async move {
+            for (((desc, spool), tx), needed) in jobs {
+                if !needed {
+                    continue;
+                }
+                let Ok(permit) = ahead.clone().acquire_owned().await else {
+                    return;
+                };
+                if let Ok(spool) = spool.await {
+                    let _ = tx.send(start_decoder(spool, &desc, permit));
+                }
+            }
+        }))
+    });
     let mut labelling = Vec::new();
     let mut parent = String::new();
-    for (i, (layer, done)) in layers.iter().zip(fetched).enumerate() {
+    for (i, ((layer, done), decoded)) in layers.iter().zip(fetched).zip(decoded).enumerate() {
         let chain_id = &chain[i];
-        // Still wait for the blob: the image must be complete in content too.
-        done.await.map_err(|_| PullError::Canceled)?;
-        if present_up_to.is_none_or(|k| i > k) {
-            apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent).await?;
+        if needed[i] {
+            let decoding = match &starter {
+                Some(_) => decoded.await.ok(),
+                None => None,
+            };
+            let done =
+                apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent, decoding, done).await?;
             // Off the critical path: the next layer's Prepare need not wait
             // for this label; all are joined before the unpack reports done.
             let cd = ctx.cd.clone();
             let (digest, diff_id) = (layer.digest.clone(), diff_ids[i].clone());
             labelling.push(tokio::spawn(async move {
+                // A natively unpacked layer may still be on its way into
+                // the content store.
+                if let Some(done) = done {
+                    done.await.map_err(|_| PullError::Canceled)?;
+                }
                 cd.label_content(
                     &digest,
                     HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id)]),
                 )
                 .await
+                .map_err(PullError::from)
             }));
+        } else {
+            // Still wait for the blob: the image must be complete in content too.
+            done.await.map_err(|_| PullError::Canceled)?;
         }
         parent = chain_id.clone();
     }
@@ -77,13 +184,105 @@ pub async fn unpack(
     Ok((chain.last().cloned().unwrap_or_default(), start.elapsed()))
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An active snapshot removed when dropped before `keep` (a failure, a
+/// cancel): nothing half-written is ever committed or left behind.
+struct Active<'a> {
+    ctx: &'a PullCtx,
+    key: String,
+    armed: bool,
+}
+
+impl Active<'_> {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (cd, sn, key) = (
+                self.ctx.cd.clone(),
+                self.ctx.snapshotter.clone(),
+                self.key.clone(),
+            );
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = cd.remove_snapshot(&sn, &key).await;
+                });
+            }
+        }
+    }
+}
+
+/// Where a prepared snapshot's files go, from the mounts Prepare returned.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Target {
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+    whiteouts: Whiteouts,
+}
+
+/// The overlayfs snapshotter's mounts: a bind of the (empty) directory for a
+/// layer without parent, an overlay with `upperdir` and `lowerdir` (topmost
+/// first) otherwise. `None` for anything else, or directories not visible
+/// from here (another mount namespace).
+pub(crate) fn native_target(mounts: &[containerd_client::types::Mount]) -> Option<Target> {
+    let [m] = mounts else { return None };
+    let t = match m.r#type.as_str() {
+        "bind" => Target {
+            upper: PathBuf::from(&m.source),
+            lowers: Vec::new(),
+            // containerd applies a base layer through a mount, removing
+            // what its whiteouts name; there is nothing below to hide.
+            whiteouts: Whiteouts::Remove,
+        },
+        "overlay" => {
+            let opt = |k: &str| m.options.iter().find_map(|o| o.strip_prefix(k));
+            Target {
+                upper: PathBuf::from(opt("upperdir=")?),
+                lowers: opt("lowerdir=")
+                    .map(|l| l.split(':').map(PathBuf::from).collect())
+                    .unwrap_or_default(),
+                whiteouts: Whiteouts::Overlay,
+            }
+        }
+        _ => return None,
+    };
+    (t.upper.is_dir() && t.lowers.iter().all(|l| l.is_dir())).then_some(t)
+}
+
+fn layer_error(e: LayerError) -> PullError {
+    if e.is_mismatch() {
+        return PullError::DigestMismatch(e.to_string());
+    }
+    match (e.raw_os_error(), &e) {
+        (Some(libc::ENOSPC) | Some(libc::EDQUOT), _) => {
+            PullError::Containerd(Arc::new(ContainerdError::NoSpace(e.to_string())))
+        }
+        (_, LayerError::Canceled) => PullError::Canceled,
+        _ => PullError::Internal(e.to_string()),
+    }
+}
+
+/// Apply one layer; returns the content-arrival signal when the layer's blob
+/// may still be on its way into the content store (native unpack).
 async fn apply_layer(
     ctx: &PullCtx,
     layer: &Descriptor,
     diff_id: &str,
     chain_id: &str,
     parent: &str,
-) -> Result<(), PullError> {
+    decoding: Option<Decoding>,
+    done: oneshot::Receiver<()>,
+) -> Result<Option<oneshot::Receiver<()>>, PullError> {
     let key = format!(
         "{}{}-{}-{:08x} {chain_id}",
         EXTRACT_KEY_PREFIX,
@@ -100,49 +299,115 @@ async fn apply_layer(
         .await
     {
         Ok(m) => m,
-        Err(ContainerdError::AlreadyExists(_)) => return Ok(()),
+        Err(ContainerdError::AlreadyExists(_)) => return Ok(Some(done)),
         Err(e) => return Err(e.into()),
     };
-    let result = async {
-        let applied = ctx
-            .cd
-            .apply_diff(
-                containerd_client::types::Descriptor {
-                    media_type: layer.media_type.clone(),
-                    digest: layer.digest.clone(),
-                    size: layer.size,
-                    annotations: HashMap::new(),
-                },
-                mounts,
-                Some(&ctx.lease),
-            )
-            .await?;
-        if applied.digest != diff_id {
-            return Err(PullError::DigestMismatch(format!(
-                "layer {} unpacked to {} but the image config expects diff ID {diff_id}",
-                layer.digest, applied.digest
-            )));
+    let active = Active {
+        ctx,
+        key: key.clone(),
+        armed: true,
+    };
+    let target = decoding.as_ref().and_then(|_| native_target(&mounts));
+    let rest = match (decoding, target) {
+        (Some(d), Some(t)) => {
+            apply_native(layer, diff_id, d, t).await?;
+            ctx.metrics.layers_unpacked_native.inc();
+            Some(done)
         }
-        let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain_id.to_string())]);
-        match ctx
-            .cd
-            .commit_snapshot(&ctx.snapshotter, chain_id, &key, labels, Some(&ctx.lease))
-            .await
-        {
-            Ok(()) => {}
-            // Someone else committed the same chain meanwhile: theirs is as good.
-            Err(ContainerdError::AlreadyExists(_)) => {
-                let _ = ctx.cd.remove_snapshot(&ctx.snapshotter, &key).await;
+        (decoding, _) => {
+            if decoding.is_some() && !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    snapshotter = %ctx.snapshotter,
+                    mounts = ?mounts.iter().map(|m| &m.r#type).collect::<Vec<_>>(),
+                    "native unpack not possible here (snapshot directories not visible from this mount namespace?); containerd's diff service applies the layers (logged once)"
+                );
             }
-            Err(e) => return Err(e.into()),
+            drop(decoding);
+            done.await.map_err(|_| PullError::Canceled)?;
+            let applied = ctx
+                .cd
+                .apply_diff(
+                    containerd_client::types::Descriptor {
+                        media_type: layer.media_type.clone(),
+                        digest: layer.digest.clone(),
+                        size: layer.size,
+                        annotations: HashMap::new(),
+                    },
+                    mounts,
+                    Some(&ctx.lease),
+                )
+                .await?;
+            if applied.digest != diff_id {
+                return Err(PullError::DigestMismatch(format!(
+                    "layer {} unpacked to {} but the image config expects diff ID {diff_id}",
+                    layer.digest, applied.digest
+                )));
+            }
+            ctx.metrics.layers_unpacked_containerd.inc();
+            None
         }
-        Ok(())
+    };
+    let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain_id.to_string())]);
+    match ctx
+        .cd
+        .commit_snapshot(&ctx.snapshotter, chain_id, &key, labels, Some(&ctx.lease))
+        .await
+    {
+        Ok(()) => active.keep(),
+        // Someone else committed the same chain meanwhile: theirs is as good
+        // (ours is removed by the guard).
+        Err(ContainerdError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
     }
-    .await;
-    if result.is_err() {
-        let _ = ctx.cd.remove_snapshot(&ctx.snapshotter, &key).await;
+    Ok(rest)
+}
+
+/// The decoder thread (already running) feeds an applier thread writing the
+/// snapshot's directory; both checks (blob digest, diff ID) pass before this
+/// returns Ok.
+async fn apply_native(
+    layer: &Descriptor,
+    diff_id: &str,
+    d: Decoding,
+    t: Target,
+) -> Result<(), PullError> {
+    let Decoding {
+        rx,
+        task,
+        cancel,
+        _permit,
+    } = d;
+    let flag = cancel.0.clone();
+    let applier = tokio::task::spawn_blocking(move || {
+        layer::apply_tar(
+            &t.upper,
+            layer::DecodedReader::new(rx),
+            &layer::ApplyOptions {
+                whiteouts: t.whiteouts,
+                parents: &t.lowers,
+                cancel: Some(&flag),
+            },
+        )
+    });
+    let (decoded, applied) = futures::future::join(task, applier).await;
+    let joined = |e: tokio::task::JoinError| PullError::Internal(format!("unpack thread: {e}"));
+    let (decoded, applied) = (decoded.map_err(joined)?, applied.map_err(joined)?);
+    let decoded = match (decoded, applied) {
+        // The decoder's failure (digest, size, corrupt stream) explains the applier's.
+        (Err(e), _) if !matches!(e, LayerError::Canceled) => return Err(layer_error(e)),
+        (_, Err(e)) => return Err(layer_error(e)),
+        (Err(e), Ok(_)) => return Err(layer_error(e)),
+        (Ok(d), Ok(_)) => d,
+    };
+    if decoded.diff_id != diff_id {
+        return Err(layer_error(LayerError::DiffId {
+            digest: layer.digest.clone(),
+            expected: diff_id.to_string(),
+            actual: decoded.diff_id,
+        }));
     }
-    result
+    drop(cancel);
+    Ok(())
 }
 
 /// Remove active snapshots a killed cri-imaged left behind mid-unpack: our

@@ -1,0 +1,190 @@
+//! A blob on its way in: the download appends to an unnamed temporary file
+//! and never waits for anyone; readers (the native unpack on a blocking
+//! thread, the content-store writer in async code) follow it at their own
+//! pace. So a slow disk or a slow containerd cannot stall the registry
+//! connection (and trip the stall watchdog), and memory stays flat.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Complete,
+    /// The download failed or was dropped; readers stop with an error.
+    Failed,
+}
+
+pub struct Spool {
+    file: File,
+    inner: Mutex<(u64, State)>,
+    cond: Condvar,
+    notify: Notify,
+}
+
+impl Spool {
+    /// A new spool in `dir` (unlinked at once: nothing to clean up).
+    pub fn create(dir: &Path) -> io::Result<Arc<Spool>> {
+        let file = tempfile::tempfile_in(dir)?;
+        Ok(Arc::new(Spool {
+            file,
+            inner: Mutex::new((0, State::Open)),
+            cond: Condvar::new(),
+            notify: Notify::new(),
+        }))
+    }
+
+    /// The writing end; dropping it before `complete` fails the readers.
+    pub fn writer(self: &Arc<Self>) -> SpoolWriter {
+        SpoolWriter {
+            spool: self.clone(),
+            done: false,
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut (u64, State))) {
+        f(&mut self.inner.lock());
+        self.cond.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    /// A blocking reader from offset 0.
+    pub fn reader(self: &Arc<Self>) -> SpoolReader {
+        SpoolReader {
+            spool: self.clone(),
+            pos: 0,
+        }
+    }
+
+    /// Async: wait until more than `pos` bytes are there (or the end).
+    /// Returns the bytes available and whether the spool is complete.
+    pub async fn wait_past(&self, pos: u64) -> io::Result<(u64, bool)> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (len, state) = *self.inner.lock();
+            match state {
+                State::Failed => return Err(io::Error::other("the download was abandoned")),
+                State::Complete => return Ok((len, true)),
+                State::Open if len > pos => return Ok((len, false)),
+                State::Open => notified.await,
+            }
+        }
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.file.read_at(buf, pos)
+    }
+}
+
+pub struct SpoolWriter {
+    spool: Arc<Spool>,
+    done: bool,
+}
+
+impl SpoolWriter {
+    /// Append `data` at `offset` (the download's position; a resumed range
+    /// request continues where the last one stopped).
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.spool.file.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        self.spool.set(|s| s.0 = s.0.max(end));
+        Ok(())
+    }
+
+    pub fn complete(mut self) {
+        self.done = true;
+        self.spool.set(|s| s.1 = State::Complete);
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.spool.set(|s| s.1 = State::Failed);
+        }
+    }
+}
+
+/// Reads the spool as it grows; blocks for more; EOF at the complete end.
+pub struct SpoolReader {
+    spool: Arc<Spool>,
+    pos: u64,
+}
+
+impl Read for SpoolReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let avail = {
+            let mut g = self.spool.inner.lock();
+            loop {
+                match g.1 {
+                    State::Failed => return Err(io::Error::other("the download was abandoned")),
+                    _ if g.0 > self.pos => break g.0,
+                    State::Complete => return Ok(0),
+                    State::Open => self.spool.cond.wait(&mut g),
+                }
+            }
+        };
+        let want = buf.len().min((avail - self.pos) as usize);
+        let n = self.spool.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_follows_the_writer_and_sees_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path()).unwrap();
+        let w = s.writer();
+        let mut r = s.reader();
+        let t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        });
+        w.write_at(b"hello ", 0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        w.write_at(b"world", 6).unwrap();
+        w.complete();
+        assert_eq!(t.join().unwrap().unwrap(), b"hello world");
+
+        let s = Spool::create(dir.path()).unwrap();
+        let w = s.writer();
+        let mut r = s.reader();
+        let t = std::thread::spawn(move || r.read_to_end(&mut Vec::new()));
+        w.write_at(b"part", 0).unwrap();
+        drop(w);
+        assert!(
+            t.join().unwrap().is_err(),
+            "a dropped download fails the reader"
+        );
+    }
+
+    #[tokio::test]
+    async fn async_wait_wakes_on_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path()).unwrap();
+        let w = s.writer();
+        let s2 = s.clone();
+        let t = tokio::spawn(async move { s2.wait_past(0).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        w.write_at(b"abc", 0).unwrap();
+        assert_eq!(t.await.unwrap().unwrap(), (3, false));
+        w.complete();
+        assert_eq!(s.wait_past(3).await.unwrap(), (3, true));
+    }
+}
