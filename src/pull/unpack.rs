@@ -256,7 +256,10 @@ pub(crate) fn native_target(mounts: &[containerd_client::types::Mount]) -> Optio
         }
         _ => return None,
     };
-    (t.upper.is_dir() && t.lowers.iter().all(|l| l.is_dir())).then_some(t)
+    // Writable from here too: a read-only mount (the chart's pod mode, a
+    // host service with ProtectSystem) leaves the writing to containerd.
+    let writable = rustix::fs::access(&t.upper, rustix::fs::Access::WRITE_OK).is_ok();
+    (writable && t.upper.is_dir() && t.lowers.iter().all(|l| l.is_dir())).then_some(t)
 }
 
 fn layer_error(e: LayerError) -> PullError {
@@ -459,4 +462,58 @@ fn pid_is_cri_imaged(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().starts_with("cri-imaged"))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_client::types::Mount;
+
+    fn mount(ty: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: ty.into(),
+            source: source.into(),
+            target: String::new(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn targets_from_the_overlayfs_snapshotter_mounts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = |n: &str| {
+            let p = tmp.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            p.display().to_string()
+        };
+        let (up, l1, l2, work) = (d("3/fs"), d("2/fs"), d("1/fs"), d("3/work"));
+        // A base layer: a bind of the empty directory; whiteouts remove.
+        let t = native_target(&[mount("bind", &up, &["rw", "rbind"])]).unwrap();
+        assert_eq!(
+            (t.upper.display().to_string(), t.whiteouts),
+            (up.clone(), Whiteouts::Remove)
+        );
+        assert!(t.lowers.is_empty());
+        // Above it: upperdir and lowerdir (topmost first) from the options.
+        let opts = [
+            "index=off".to_string(),
+            format!("workdir={work}"),
+            format!("upperdir={up}"),
+            format!("lowerdir={l1}:{l2}"),
+        ];
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+        let t = native_target(&[mount("overlay", "overlay", &opts)]).unwrap();
+        assert_eq!(t.whiteouts, Whiteouts::Overlay);
+        assert_eq!(t.lowers, vec![PathBuf::from(&l1), PathBuf::from(&l2)]);
+        // Anything else falls back to containerd's applier.
+        assert!(native_target(&[]).is_none());
+        assert!(native_target(&[mount("ext4", "/dev/vdb", &[])]).is_none());
+        assert!(
+            native_target(&[mount("overlay", "overlay", &["lowerdir=/a:/b"])]).is_none(),
+            "a view"
+        );
+        assert!(native_target(&[mount("bind", "/nonexistent/in/this/namespace", &[])]).is_none());
+        let two = [mount("bind", &up, &[]), mount("bind", &up, &[])];
+        assert!(native_target(&two).is_none());
+    }
 }
