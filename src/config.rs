@@ -83,6 +83,10 @@ pub struct Config {
     /// Where downloads are spooled while the native unpack reads them
     /// (unlinked temporary files). Empty: the system's temporary directory.
     pub spool_dir: PathBuf,
+    /// Do not keep layer blobs in containerd's content store once unpacked
+    /// (containerd's CRI option of the same name): natively unpacked layers
+    /// are never stored, others are left to containerd's GC.
+    pub discard_unpacked_layers: bool,
     /// Registry host configuration directory (containerd certs.d layout).
     pub registry_config_path: PathBuf,
     /// Address of the /metrics, /healthz and /readyz HTTP server; empty = off.
@@ -131,6 +135,7 @@ impl Default for Config {
             runtime_handler_snapshotters: BTreeMap::new(),
             unpacker: Unpacker::Auto,
             spool_dir: PathBuf::new(),
+            discard_unpacked_layers: false,
             registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
             metrics_address: "127.0.0.1:9110".into(),
             imagefs_sample_interval: Duration::from_secs(10),

@@ -85,6 +85,12 @@ pub struct Metrics {
     /// Layers written into snapshots, by who wrote them.
     pub layers_unpacked_native: IntCounter,
     pub layers_unpacked_containerd: IntCounter,
+    /// Layer blobs the native unpack's downloads put into the content store,
+    /// by way: containerd's ingest file written in place, or the Write API.
+    pub blobs_stored_ingest_file: IntCounter,
+    pub blobs_stored_write_api: IntCounter,
+    /// Background content-store writes that failed (the image still runs from its snapshots).
+    pub blob_store_failures: IntCounter,
     pub removals: IntCounter,
     pub images: IntGauge,
     pub imagefs_used_bytes: Gauge,
@@ -197,6 +203,19 @@ impl Metrics {
         ));
         let layers_unpacked_native = layers_unpacked.with_label_values(&["native"]);
         let layers_unpacked_containerd = layers_unpacked.with_label_values(&["containerd"]);
+        let blobs_stored = must(IntCounterVec::new(
+            Opts::new(
+                "cri_imaged_layer_blobs_stored_total",
+                "Layer blobs downloaded for the native unpack and committed to containerd's content store, by way: ingest_file (written in place, verified by containerd on commit) or write_api (streamed through its content Write API).",
+            ),
+            &["via"],
+        ));
+        let blobs_stored_ingest_file = blobs_stored.with_label_values(&["ingest_file"]);
+        let blobs_stored_write_api = blobs_stored.with_label_values(&["write_api"]);
+        let blob_store_failures = must(IntCounter::new(
+            "cri_imaged_layer_blob_store_failures_total",
+            "Layer blobs a native-unpack pull downloaded but could not commit to containerd's content store in the background (the image runs from its snapshots; a later pull of the blob stores it).",
+        ));
         let removals = must(IntCounter::new(
             "cri_imaged_image_removals_total",
             "Images removed.",
@@ -244,6 +263,8 @@ impl Metrics {
             Box::new(layers_fetched.clone()),
             Box::new(layers_reused.clone()),
             Box::new(layers_unpacked.clone()),
+            Box::new(blobs_stored.clone()),
+            Box::new(blob_store_failures.clone()),
             Box::new(removals.clone()),
             Box::new(images.clone()),
             Box::new(imagefs_used_bytes.clone()),
@@ -295,6 +316,9 @@ impl Metrics {
             layers_reused,
             layers_unpacked_native,
             layers_unpacked_containerd,
+            blobs_stored_ingest_file,
+            blobs_stored_write_api,
+            blob_store_failures,
             removals,
             images,
             imagefs_used_bytes,

@@ -122,6 +122,9 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             lease_expiry: cfg.lease_expiry,
             pinned: cfg.pinned_images.clone(),
             native_unpack: cfg.unpacker == crate::config::Unpacker::Auto,
+            discard_unpacked_layers: cfg.discard_unpacked_layers,
+            content_root: Some(cfg.containerd_root.join("io.containerd.content.v1.content"))
+                .filter(|p| p.is_dir()),
             spool_dir: if cfg.spool_dir.as_os_str().is_empty() {
                 std::env::temp_dir()
             } else {

@@ -546,6 +546,8 @@ async fn counters_and_histograms_move() {
         "revision",
         "rustc_version",
         "size",
+        "unpacker",
+        "via",
     ];
     for (n, ls, _) in &s7.samples {
         for (k, _) in ls {

@@ -185,7 +185,11 @@ async fn check_pulled(env: &TestEnv, c: &mut ImageServiceClient<Channel>, e: &Ex
     // The top snapshot exists.
     assert!(cd.snapshot_keys().contains(&e.image.chain_id()));
     // No lease left behind by a successful pull.
-    assert_eq!(cd.leases(), Vec::<String>::new(), "leases left after pull");
+    assert_eq!(
+        cd.leases_settled(),
+        Vec::<String>::new(),
+        "leases left after pull"
+    );
 }
 
 /// A CRI client on a bare hyper h2 connection: unlike tonic's Channel it does
@@ -371,7 +375,7 @@ async fn pull_reference_forms_and_warm_pull() {
             .manifest_get_count(Some(&by_digest.manifest_digest)),
         1
     );
-    assert_eq!(env.containerd.leases(), Vec::<String>::new());
+    assert_eq!(env.containerd.leases_settled(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -750,7 +754,7 @@ async fn concurrent_pulls_share_one_download() {
         .images_check()
         .iter()
         .any(|(n, s, u)| n == &r && s.starts_with("complete") && *u));
-    assert_eq!(env.containerd.leases(), Vec::<String>::new());
+    assert_eq!(env.containerd.leases_settled(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]

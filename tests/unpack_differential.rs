@@ -372,6 +372,13 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
         "{m_ours}"
     );
     assert!(
+        m_ours.contains(&format!(
+            "cri_imaged_layer_blobs_stored_total{{via=\"ingest_file\"}} {}",
+            layers.len()
+        )),
+        "downloads go straight into containerd's ingest files: {m_ours}"
+    );
+    assert!(
         m_theirs.contains(&format!(
             "cri_imaged_layers_unpacked_total{{unpacker=\"containerd\"}} {}",
             layers.len()
@@ -459,4 +466,64 @@ async fn diff_id_mismatch_commits_nothing_and_leaves_no_active_snapshot() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(env.containerd.image_names().is_empty(), "no image record");
+}
+
+/// `discard_unpacked_layers`: only the snapshots stay. Layer blobs never
+/// reach the content store; the image is complete for both CRIs, a second
+/// pull downloads nothing, and it removes as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn discard_unpacked_layers_keeps_only_snapshots() {
+    let env = TestEnv::start();
+    let img = ImageBuilder::new()
+        .layer(Layer::from_files(&[("a/one", b"1")]), Compression::Gzip)
+        .layer(Layer::from_files(&[("b/two", b"2")]), Compression::Zstd)
+        .build();
+    env.push("diff/discard", Some("v1"), &img).await;
+    let r = env.image_ref("diff/discard", "v1");
+    let d = cri_imaged!()
+        .config(|c| c.discard_unpacked_layers = true)
+        .start(&env.containerd);
+    d.wait_synced().await;
+    let mut c = d.client().await;
+    assert_eq!(pull(&mut c, &r).await.expect("pull"), img.config_digest);
+    let content = env.containerd.content_digests();
+    for l in img.layer_digests() {
+        assert!(
+            !content.contains(&l),
+            "layer blob {l} was stored: {content:?}"
+        );
+    }
+    assert!(content.contains(&img.config_digest) && content.contains(&img.manifest_digest));
+    assert!(env.containerd.snapshot_keys().contains(&img.chain_id()));
+    // Both CRIs see a complete image.
+    assert_eq!(
+        status(&mut c, &r).await.expect("our status").id,
+        img.config_digest
+    );
+    let mut theirs = cri_client(&env.containerd.socket).await;
+    assert_eq!(
+        status(&mut theirs, &r)
+            .await
+            .expect("containerd's status")
+            .id,
+        img.config_digest
+    );
+    // A second pull finds it here: nothing is downloaded again.
+    let fetched = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("cri_imaged_layers_fetched_total "))
+            .map(str::to_string)
+    };
+    let before = fetched(&d.metrics().await);
+    assert_eq!(
+        pull(&mut c, &r).await.expect("pull again"),
+        img.config_digest
+    );
+    assert_eq!(
+        fetched(&d.metrics().await),
+        before,
+        "layers downloaded again"
+    );
+    remove(&mut c, &r).await.expect("remove");
+    assert!(status(&mut c, &r).await.is_none());
 }

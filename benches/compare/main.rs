@@ -292,6 +292,21 @@ async fn run(o: Opts) -> String {
         conc: conc.as_ref(),
         list: list.as_ref(),
     });
+    // Who wrote the layers cri-imaged unpacked (native unpack or containerd's
+    // diff service), from its own counters.
+    let metrics = d.metrics().await;
+    let unpacked: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("cri_imaged_layers_unpacked_total{"))
+        .collect();
+    let s = format!(
+        "{s}\nLayers cri-imaged unpacked in this run, by unpacker: {}\n",
+        if unpacked.is_empty() {
+            "none".to_string()
+        } else {
+            unpacked.join(", ")
+        }
+    );
     drop(ours);
     drop(theirs);
     drop(d);

@@ -34,12 +34,22 @@ const MAX_RESUMES: usize = 5;
 /// this far apart (10 s in all), before the pull gives up.
 const LOCKED_RETRIES: usize = 50;
 const LOCKED_RETRY_PAUSE: Duration = Duration::from_millis(200);
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Fetched {
     /// Already in containerd's content store.
     Reused,
-    /// Downloaded this many bytes.
-    Downloaded(u64),
+    /// Downloaded.
+    Downloaded,
+    /// Downloaded into a spool the native unpack reads; the
+    /// blob reaches containerd's content store in the background
+    /// (`Spool::wait_stored`).
+    Storing(Arc<Spool>),
+}
+
+impl Fetched {
+    fn downloaded(&self) -> bool {
+        !matches!(self, Fetched::Reused)
+    }
 }
 
 fn ingest_ref(digest: &str) -> String {
@@ -216,10 +226,9 @@ pub async fn write_bytes(
         // Restart a stale partial ingest from scratch.
         w.offset = 0;
     }
-    let n = data.len() as u64;
     w.send(data.to_vec(), ctx).await?;
     w.commit(desc, labels, ctx).await?;
-    Ok(Fetched::Downloaded(n))
+    Ok(Fetched::Downloaded)
 }
 
 /// Where downloaded bytes go, in order.
@@ -405,15 +414,18 @@ async fn fetch_into(
         return Err(e);
     }
     sink.finish(desc, labels, ctx).await?;
-    Ok(Fetched::Downloaded(size - start_offset))
+    Ok(Fetched::Downloaded)
 }
 
 /// Download a blob into a spool handed to the native unpack at once (through
-/// `spooled`), while a second task copies the spool into containerd's content
-/// store; the unpack never waits for containerd's ingest. Present content is
-/// not downloaded (and `spooled` is dropped: the unpack reads containerd's).
+/// `spooled`) while it also reaches containerd's content store, off the
+/// unpack's path: when cri-imaged can see containerd's ingest directory the
+/// spool *is* containerd's ingest file (containerd verifies it on resume and
+/// commits it; no byte crosses gRPC), else a copy task streams the spool
+/// through the content Write API. Present content is not downloaded (and
+/// `spooled` is dropped: the unpack reads containerd's copy).
 pub async fn fetch_blob_spooled(
-    ctx: &PullCtx,
+    ctx: &Arc<PullCtx>,
     desc: &Descriptor,
     labels: HashMap<String, String>,
     spool_dir: &std::path::Path,
@@ -424,69 +436,193 @@ pub async fn fetch_blob_spooled(
         Opened::Open(w) => w,
     };
     let size = desc.size.max(0) as u64;
-    if w.offset > 0 && w.offset < size {
+    if w.offset > 0 && w.offset <= size {
         // An ingest an interrupted pull left half done: resume it with a
-        // Range request rather than fetch it all again; containerd's
-        // applier unpacks this one from the content store.
+        // Range request rather than fetch it all again; or content another
+        // namespace holds (shared content policy: the write opens complete
+        // and only needs its commit). containerd's applier unpacks it from
+        // the content store.
         return fetch_into(ctx, desc, labels, w).await;
     }
-    let spool = Spool::create(spool_dir).map_err(|e| {
-        PullError::Internal(format!(
-            "cannot create a download spool in {} (spool_dir): {e}",
-            spool_dir.display()
-        ))
-    })?;
-    let _ = spooled.send(spool.clone());
     if w.offset > size {
         w.offset = 0;
     }
     let r#ref = w.r#ref.clone();
-    let fetch = async {
-        let mut sink = SpoolSink {
-            writer: spool.writer(),
-            pos: 0,
-        };
-        download(ctx, desc, 0, &mut sink).await?;
-        sink.writer.complete();
-        Ok::<(), PullError>(())
+    let direct = match (&ctx.content_root, ctx.discard_layers) {
+        (Some(root), false) => ingest_data_file(root, ctx.cd.namespace(), &r#ref),
+        _ => None,
     };
-    let store = async {
-        // From where containerd's ingest stands (a resumed write).
-        let mut pos = w.offset;
-        let mut sink = ContentSink {
-            w,
-            buf: Vec::with_capacity(CHUNK),
-        };
-        let mut buf = vec![0u8; CHUNK];
+    let (spool, mut writer) = match direct {
+        Some(data) => {
+            // containerd's side of the write closes (the ingest stays, to be
+            // resumed once the bytes are in).
+            drop(w);
+            match Spool::open_at(&data) {
+                Ok(s) => (s, None),
+                Err(e) => {
+                    tracing::debug!(path = %data.display(), error = %e, "cannot write containerd's ingest file; copying through the content API");
+                    (new_spool(spool_dir)?, None)
+                }
+            }
+        }
+        None => (new_spool(spool_dir)?, Some(w)),
+    };
+    let _ = spooled.send(spool.clone());
+    // The content store write runs on its own, following the spool: the
+    // pull (unpack, records) does not wait for it.
+    let (ctx2, desc2, spool2) = (ctx.clone(), desc.clone(), spool.clone());
+    let (ctx3, digest, ref2) = (ctx.clone(), desc.digest.clone(), r#ref.clone());
+    let store = async move {
+        let (ctx, desc, spool) = (&*ctx2, &desc2, &spool2);
+        if ctx.discard_layers {
+            // Unpacked straight from the spool, never stored.
+            drop(writer.take());
+            let _ = ctx.cd.abort_write(&r#ref).await;
+            return Ok(());
+        }
+        // containerd restarting meanwhile is ridden out: the reopened write
+        // resumes from what its ingest holds (the spool stays until then).
+        let mut attempt = 0;
         loop {
-            let (avail, complete) = spool
-                .wait_past(pos)
-                .await
-                .map_err(|e| PullError::Internal(format!("spool: {e}")))?;
-            while pos < avail {
-                let n = ((avail - pos) as usize).min(CHUNK);
-                let got = spool
-                    .read_at(&mut buf[..n], pos)
-                    .map_err(|e| PullError::Internal(format!("spool read: {e}")))?;
-                if got == 0 {
+            match store_from_spool(ctx, desc, labels.clone(), spool, writer.take()).await {
+                Err(PullError::Containerd(e))
+                    if attempt < STORE_RETRIES
+                        && matches!(*e, ContainerdError::Unavailable { .. }) =>
+                {
+                    attempt += 1;
+                    tracing::debug!(digest = %desc.digest, error = %e, "content store unavailable; retrying the blob's commit");
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                }
+                r => return r,
+            }
+        }
+    };
+    let spool3 = spool.clone();
+    let store = tokio::spawn(async move {
+        let r = store.await;
+        match &r {
+            Ok(()) => {}
+            // The pull itself failed; its error says why.
+            Err(_) if spool3.is_failed() => {}
+            Err(e) => {
+                if matches!(e, PullError::DigestMismatch(_)) {
+                    let _ = ctx3.cd.abort_write(&ref2).await;
+                }
+                ctx3.metrics.blob_store_failures.inc();
+                tracing::warn!(digest = %digest, error = %e, "layer blob not stored in containerd's content store (the image runs from its snapshots; a later pull of the blob stores it)");
+            }
+        }
+        spool3.set_stored(r.is_ok());
+    });
+    ctx.background.lock().push(store);
+    let mut sink = SpoolSink {
+        writer: spool.writer(),
+        pos: 0,
+    };
+    download(ctx, desc, 0, &mut sink).await?;
+    sink.writer.complete();
+    Ok(Fetched::Storing(spool))
+}
+
+/// Background blob commits ride out a containerd restart this long.
+const STORE_RETRIES: usize = 120;
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Commit the spooled blob to containerd's content store: through `writer`
+/// (an open write following the spool), else by reopening the write once the
+/// spool is complete (containerd resumes from its ingest file, hashing it,
+/// and reports where it stands; what it lacks goes through the Write API).
+async fn store_from_spool(
+    ctx: &PullCtx,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+    spool: &Spool,
+    writer: Option<Writer>,
+) -> Result<(), PullError> {
+    let size = desc.size.max(0) as u64;
+    let spool_err = |e: std::io::Error| PullError::Internal(format!("spool: {e}"));
+    let w = match writer {
+        Some(w) => w,
+        None => {
+            let mut pos = 0;
+            loop {
+                let (avail, complete) = spool.wait_past(pos).await.map_err(spool_err)?;
+                if complete {
                     break;
                 }
-                sink.put(&buf[..got], ctx).await?;
-                pos += got as u64;
+                pos = avail;
             }
-            if complete && pos >= avail {
+            match open(ctx, desc).await? {
+                Opened::Exists => return Ok(()),
+                Opened::Open(w) => w,
+            }
+        }
+    };
+    let mut pos = if w.offset > size { 0 } else { w.offset };
+    if pos == size && size > 0 {
+        ctx.metrics.blobs_stored_ingest_file.inc();
+    } else {
+        ctx.metrics.blobs_stored_write_api.inc();
+    }
+    let mut sink = ContentSink {
+        w,
+        buf: Vec::with_capacity(CHUNK),
+    };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let (avail, complete) = spool.wait_past(pos).await.map_err(spool_err)?;
+        while pos < avail {
+            let n = ((avail - pos) as usize).min(CHUNK);
+            let got = spool.read_at(&mut buf[..n], pos).map_err(spool_err)?;
+            if got == 0 {
                 break;
             }
+            sink.put(&buf[..got], ctx).await?;
+            pos += got as u64;
         }
-        sink.finish(desc, labels, ctx).await
-    };
-    if let Err(e) = try_join(fetch, store).await {
-        if matches!(e, PullError::DigestMismatch(_)) {
-            let _ = ctx.cd.abort_write(&r#ref).await;
+        if complete && pos >= avail {
+            break;
         }
-        return Err(e);
     }
-    Ok(Fetched::Downloaded(size))
+    sink.finish(desc, labels, ctx).await
+}
+
+fn new_spool(dir: &std::path::Path) -> Result<Arc<Spool>, PullError> {
+    Spool::create(dir).map_err(|e| {
+        PullError::Internal(format!(
+            "cannot create a download spool in {} (spool_dir): {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// The `data` file of the ingest containerd opened for our write `r#ref` in
+/// `namespace`, when this process can see and write it: containerd's local
+/// content store keeps `<root>/ingest/<hash>/{ref,data,total,…}`, the `ref`
+/// file holding `<namespace>-<sequence>-<ref>`.
+fn ingest_data_file(
+    content_root: &std::path::Path,
+    namespace: &str,
+    r#ref: &str,
+) -> Option<std::path::PathBuf> {
+    let (prefix, suffix) = (format!("{namespace}-"), format!("-{ref}"));
+    for e in std::fs::read_dir(content_root.join("ingest"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path().join("ref")) else {
+            continue;
+        };
+        let seq = text
+            .strip_prefix(&prefix)
+            .and_then(|t| t.strip_suffix(&suffix));
+        if seq.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())) {
+            let data = e.path().join("data");
+            let writable = rustix::fs::access(&data, rustix::fs::Access::WRITE_OK).is_ok();
+            return writable.then_some(data);
+        }
+    }
+    None
 }
 
 /// One download per blob in this process, even across different images, but
@@ -530,11 +666,8 @@ pub(super) async fn fetch_and_unpack(
         .iter()
         .map(|_| oneshot::channel::<Arc<Spool>>())
         .unzip();
-    let fetches = layers
-        .iter()
-        .zip(arrived)
-        .zip(spooled)
-        .map(|((layer, arrived), spooled)| {
+    let fetches = layers.iter().zip(diff_ids).zip(arrived).zip(spooled).map(
+        |(((layer, diff_id), arrived), spooled)| {
             let per_pull = per_pull.clone();
             async move {
                 let _p = per_pull
@@ -547,11 +680,26 @@ pub(super) async fn fetch_and_unpack(
                     .acquire_owned()
                     .await
                     .map_err(|_| PullError::Canceled)?;
-                let r = fetch_layer(puller, ctx, layer, spooled).await?;
-                let _ = arrived.send(());
+                let r = fetch_layer(puller, ctx, layer, diff_id, spooled).await?;
+                // `arrived` means "in the content store": for a spooled
+                // download that is when its background store commits.
+                match &r {
+                    Fetched::Storing(spool) => {
+                        let spool = spool.clone();
+                        tokio::spawn(async move {
+                            if spool.wait_stored().await {
+                                let _ = arrived.send(());
+                            }
+                        });
+                    }
+                    _ => {
+                        let _ = arrived.send(());
+                    }
+                }
                 Ok::<Fetched, PullError>(r)
             }
-        });
+        },
+    );
     let fetch_all = async {
         let r = try_join_all(fetches).await?;
         Ok::<_, PullError>((r, start.elapsed()))
@@ -560,10 +708,7 @@ pub(super) async fn fetch_and_unpack(
     // On failure the lease stays until it expires so a retry resumes; what
     // was written is collected by containerd's GC after that.
     let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;
-    let downloaded = fetched
-        .iter()
-        .filter(|f| matches!(f, Fetched::Downloaded(_)))
-        .count();
+    let downloaded = fetched.iter().filter(|f| f.downloaded()).count();
     Ok(LayersDone {
         downloaded,
         reused: fetched.len() - downloaded,
@@ -579,6 +724,7 @@ async fn fetch_layer(
     puller: &Arc<Puller>,
     ctx: &Arc<PullCtx>,
     layer: &Descriptor,
+    diff_id: &str,
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
     let key = BlobKey {
@@ -591,13 +737,20 @@ async fn fetch_layer(
         .run(
             key,
             {
-                let (ctx, layer) = (ctx.clone(), layer.clone());
+                let (ctx, layer, diff_id) = (ctx.clone(), layer.clone(), diff_id.to_string());
                 // Only the caller that runs the download hands out a spool.
                 move || async move {
                     let source = records::source_label(&ctx.domain, &ctx.repo);
                     let labels = HashMap::from([source]);
                     match &ctx.native {
                         Some(n) => {
+                            // The diff ID label goes on at commit: the commit
+                            // may come after the pull returned.
+                            let mut labels = labels;
+                            labels.insert(
+                                crate::containerd::labels::UNCOMPRESSED.to_string(),
+                                diff_id,
+                            );
                             fetch_blob_spooled(&ctx, &layer, labels, &n.spool_dir, spooled).await
                         }
                         None => fetch_blob(&ctx, &layer, labels).await,
@@ -609,15 +762,25 @@ async fn fetch_layer(
         .await;
     let mut r = joined.value?;
     if joined.coalesced {
-        // Fetched under another pull's lease: reference it from ours too.
+        // Fetched under another pull's lease: reference it from ours too,
+        // once it is in the content store (our unpack reads it from there).
+        if let Fetched::Storing(spool) = &r {
+            if !spool.wait_stored().await {
+                return Err(PullError::Internal(format!(
+                    "layer {}: the concurrent download this pull shared could not store it",
+                    layer.digest
+                )));
+            }
+        }
         ctx.cd
             .lease_add(&ctx.lease, LeaseResource::Content(&layer.digest))
             .await?;
         r = Fetched::Reused;
     }
-    match r {
-        Fetched::Reused => ctx.metrics.layers_reused.inc(),
-        Fetched::Downloaded(_) => ctx.metrics.layers_fetched.inc(),
+    if r.downloaded() {
+        ctx.metrics.layers_fetched.inc()
+    } else {
+        ctx.metrics.layers_reused.inc()
     }
     Ok(r)
 }

@@ -45,6 +45,11 @@ pub struct PullConfig {
     pub native_unpack: bool,
     /// Where downloads are spooled for the native unpack.
     pub spool_dir: std::path::PathBuf,
+    /// Keep no layer blobs in the content store once unpacked.
+    pub discard_unpacked_layers: bool,
+    /// containerd's content store directory, when visible from here
+    /// (`<containerd_root>/io.containerd.content.v1.content`).
+    pub content_root: Option<std::path::PathBuf>,
 }
 
 /// What a pull did.
@@ -110,6 +115,14 @@ pub(crate) struct PullCtx {
     pub bytes: std::sync::atomic::AtomicU64,
     /// Set when layers may be unpacked natively (overlayfs, not turned off).
     pub native: Option<unpack::Native>,
+    /// Layer blobs are not kept in the content store (and not referenced by
+    /// the manifest's GC labels) once unpacked.
+    pub discard_layers: bool,
+    /// containerd's content store directory, for downloads straight into its ingest.
+    pub content_root: Option<std::path::PathBuf>,
+    /// Content-store writes still running after their download: the pull's
+    /// lease is released once they end.
+    pub background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl PullCtx {
@@ -136,6 +149,9 @@ impl PullCtx {
                     spool_dir: puller.cfg.spool_dir.clone(),
                 }
             }),
+            discard_layers: puller.cfg.discard_unpacked_layers,
+            content_root: puller.cfg.content_root.clone(),
+            background: Default::default(),
         }
     }
 
@@ -353,7 +369,19 @@ impl Puller {
             let target = image.top().desc.clone();
             this.ensure_records(&reference, &target, &image.manifest.config.digest)
                 .await?;
-            lease.release().await;
+            // Blobs still on their way into the content store keep the
+            // lease until they are committed (or the lease expires).
+            let pending = std::mem::take(&mut *ctx2.background.lock());
+            if pending.is_empty() {
+                lease.release().await;
+            } else {
+                tokio::spawn(async move {
+                    for p in pending {
+                        let _ = p.await;
+                    }
+                    lease.release().await;
+                });
+            }
             Ok::<(), PullError>(())
         })
         .await

@@ -97,7 +97,12 @@ pub(super) async fn write_documents(
         labels::GC_REF_CONTENT_CONFIG.to_string(),
         image.manifest.config.digest.clone(),
     );
+    // With discard_unpacked_layers the manifest keeps no layer blob: the
+    // snapshots are the image from then on (as in containerd's CRI).
     for (i, l) in image.manifest.layers.iter().enumerate() {
+        if ctx.discard_layers {
+            break;
+        }
         m_labels.insert(
             format!("{}{i}", labels::GC_REF_CONTENT_LAYER_PREFIX),
             l.digest.clone(),

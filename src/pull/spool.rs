@@ -26,18 +26,60 @@ pub struct Spool {
     inner: Mutex<(u64, State)>,
     cond: Condvar,
     notify: Notify,
+    /// Whether the blob made it into containerd's content store (None: not yet).
+    stored: tokio::sync::watch::Sender<Option<bool>>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (len, state) = *self.inner.lock();
+        f.debug_struct("Spool")
+            .field("len", &len)
+            .field("state", &state)
+            .finish()
+    }
 }
 
 impl Spool {
     /// A new spool in `dir` (unlinked at once: nothing to clean up).
     pub fn create(dir: &Path) -> io::Result<Arc<Spool>> {
-        let file = tempfile::tempfile_in(dir)?;
-        Ok(Arc::new(Spool {
+        Ok(Spool::with_file(tempfile::tempfile_in(dir)?))
+    }
+
+    /// A spool that is the file at `path` (emptied first): containerd's own
+    /// ingest file, so the download lands where containerd will commit it.
+    pub fn open_at(path: &Path) -> io::Result<Arc<Spool>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Spool::with_file(file))
+    }
+
+    fn with_file(file: File) -> Arc<Spool> {
+        Arc::new(Spool {
             file,
             inner: Mutex::new((0, State::Open)),
             cond: Condvar::new(),
             notify: Notify::new(),
-        }))
+            stored: tokio::sync::watch::channel(None).0,
+        })
+    }
+
+    /// The content-store write of this blob ended (`ok`: committed).
+    pub fn set_stored(&self, ok: bool) {
+        self.stored.send_replace(Some(ok));
+    }
+
+    /// Wait until the content-store write ended; true when committed.
+    pub async fn wait_stored(&self) -> bool {
+        let mut rx = self.stored.subscribe();
+        let r = match rx.wait_for(|s| s.is_some()).await {
+            Ok(v) => v.unwrap_or(false),
+            Err(_) => false,
+        };
+        r
     }
 
     /// The writing end; dropping it before `complete` fails the readers.
@@ -77,6 +119,11 @@ impl Spool {
                 State::Open => notified.await,
             }
         }
+    }
+
+    /// The download was abandoned (the pull failed or was canceled).
+    pub fn is_failed(&self) -> bool {
+        self.inner.lock().1 == State::Failed
     }
 
     pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {

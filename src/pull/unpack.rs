@@ -153,23 +153,33 @@ pub async fn unpack(
                 None => None,
             };
             let done =
-                apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent, decoding, done).await?;
+                match apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent, decoding, done)
+                    .await?
+                {
+                    // Labelled when its blob is committed (in the background).
+                    Label::AtCommit => {
+                        parent = chain_id.clone();
+                        continue;
+                    }
+                    Label::Now => None,
+                    Label::After(done) => Some(done),
+                };
             // Off the critical path: the next layer's Prepare need not wait
             // for this label; all are joined before the unpack reports done.
-            let cd = ctx.cd.clone();
+            let (cd, discard) = (ctx.cd.clone(), ctx.discard_layers);
             let (digest, diff_id) = (layer.digest.clone(), diff_ids[i].clone());
             labelling.push(tokio::spawn(async move {
-                // A natively unpacked layer may still be on its way into
-                // the content store.
+                // A layer another pull committed may still be on its way
+                // into the content store.
                 if let Some(done) = done {
                     done.await.map_err(|_| PullError::Canceled)?;
                 }
-                cd.label_content(
-                    &digest,
-                    HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id)]),
-                )
-                .await
-                .map_err(PullError::from)
+                let label = HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id)]);
+                match cd.label_content(&digest, label).await {
+                    // discard_unpacked_layers: a natively unpacked blob is never stored.
+                    Err(e) if discard && e.is_not_found() => Ok(()),
+                    r => r.map_err(PullError::from),
+                }
             }));
         } else {
             // Still wait for the blob: the image must be complete in content too.
@@ -275,8 +285,17 @@ fn layer_error(e: LayerError) -> PullError {
     }
 }
 
-/// Apply one layer; returns the content-arrival signal when the layer's blob
-/// may still be on its way into the content store (native unpack).
+/// When a layer's blob gets its `containerd.io/uncompressed` label.
+enum Label {
+    /// Now: it is in the content store.
+    Now,
+    /// Once it is in the content store.
+    After(oneshot::Receiver<()>),
+    /// In its commit (the native unpack's background store).
+    AtCommit,
+}
+
+/// Apply one layer; says when its blob is to be labelled.
 async fn apply_layer(
     ctx: &PullCtx,
     layer: &Descriptor,
@@ -285,7 +304,7 @@ async fn apply_layer(
     parent: &str,
     decoding: Option<Decoding>,
     done: oneshot::Receiver<()>,
-) -> Result<Option<oneshot::Receiver<()>>, PullError> {
+) -> Result<Label, PullError> {
     let key = format!(
         "{}{}-{}-{:08x} {chain_id}",
         EXTRACT_KEY_PREFIX,
@@ -302,7 +321,7 @@ async fn apply_layer(
         .await
     {
         Ok(m) => m,
-        Err(ContainerdError::AlreadyExists(_)) => return Ok(Some(done)),
+        Err(ContainerdError::AlreadyExists(_)) => return Ok(Label::After(done)),
         Err(e) => return Err(e.into()),
     };
     let active = Active {
@@ -315,7 +334,7 @@ async fn apply_layer(
         (Some(d), Some(t)) => {
             apply_native(layer, diff_id, d, t).await?;
             ctx.metrics.layers_unpacked_native.inc();
-            Some(done)
+            Label::AtCommit
         }
         (decoding, _) => {
             if decoding.is_some() && !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
@@ -347,7 +366,7 @@ async fn apply_layer(
                 )));
             }
             ctx.metrics.layers_unpacked_containerd.inc();
-            None
+            Label::Now
         }
     };
     let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain_id.to_string())]);

@@ -491,13 +491,43 @@ impl Containerd {
     }
 
     /// Lease IDs in k8s.io (`ctr leases ls -q`).
+    /// Lease IDs once none is left (up to 10 s; a pull's lease outlives it
+    /// until its background blob commits end), else as they stand.
+    pub fn leases_settled(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let l = self.leases();
+            if l.is_empty() || std::time::Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn leases(&self) -> Vec<String> {
         lines(&self.ctr_ok(&["leases", "ls", "-q"]))
     }
 
     /// `ctr images check` rows as (ref, status, unpacked), e.g.
     /// ("127.0.0.1:1/x:y", "complete (3/3)", true).
+    /// `ctr images check`, once no image is still incomplete (up to 10 s):
+    /// cri-imaged's native unpack commits layer blobs to the content store
+    /// in the background, after PullImage returned.
     pub fn images_check(&self) -> Vec<(String, String, bool)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let rows = self.images_check_now();
+            if rows.iter().all(|(_, st, _)| !st.starts_with("incomplete"))
+                || std::time::Instant::now() > deadline
+            {
+                return rows;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// `ctr images check` as it stands.
+    pub fn images_check_now(&self) -> Vec<(String, String, bool)> {
         let out = self.ctr_ok(&["images", "check"]);
         out.lines()
             .skip(1)
