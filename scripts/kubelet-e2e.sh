@@ -105,6 +105,10 @@ done
 echo "== static pod e2e-app Running:"
 "${C[@]}" pods
 "${C[@]}" ps
+echo "== who wrote its layers (cri-imaged's metrics):"
+curl -s "http://$METRICS_ADDR/metrics" | grep -E '^cri_imaged_(layers_unpacked|layer_blobs_stored)_total' || true
+curl -s "http://$METRICS_ADDR/metrics" | grep -qE '^cri_imaged_layers_unpacked_total\{unpacker="native"\} [1-9]' ||
+  { echo "no layer was unpacked natively: the pod did not run from cri-imaged's own unpack"; exit 1; }
 echo "== its image, as cri-imaged reports it:"
 "${C[@]}" images | grep -E "IMAGE|e2e/app|pause"
 grep -E "result=\"?success" "$WORK/cri-imaged.log" | grep -E "e2e/app|pause" | sed "s/^/   cri-imaged: /" | cut -c1-220 || true

@@ -123,8 +123,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             pinned: cfg.pinned_images.clone(),
             native_unpack: cfg.unpacker == crate::config::Unpacker::Auto,
             discard_unpacked_layers: cfg.discard_unpacked_layers,
-            content_root: Some(cfg.containerd_root.join("io.containerd.content.v1.content"))
-                .filter(|p| p.is_dir()),
+            // Looked at per blob (a managed containerd creates it after we start).
+            content_root: Some(cfg.containerd_root.join("io.containerd.content.v1.content")),
             spool_dir: if cfg.spool_dir.as_os_str().is_empty() {
                 std::env::temp_dir()
             } else {

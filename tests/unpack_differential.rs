@@ -356,13 +356,27 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
         })
         .start(&env.containerd);
     let ours = cri_imaged!().start(&env.containerd);
-    for d in [&theirs, &ours] {
+    // Ours first: the content store is shared across namespaces, and blobs
+    // already there are unpacked by containerd (nothing to stream).
+    for d in [&ours, &theirs] {
         d.wait_synced().await;
         let mut c = d.client().await;
         assert_eq!(pull(&mut c, &r).await.expect("pull"), img.config_digest);
     }
     // Who wrote what, from the metrics.
-    let m_ours = ours.metrics().await;
+    // Blobs are committed in the background once the unpack is done.
+    let want_stored = format!(
+        "cri_imaged_layer_blobs_stored_total{{via=\"ingest_file\"}} {}",
+        layers.len()
+    );
+    let mut m_ours = ours.metrics().await;
+    for _ in 0..100 {
+        if m_ours.contains(&want_stored) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        m_ours = ours.metrics().await;
+    }
     let m_theirs = theirs.metrics().await;
     assert!(
         m_ours.contains(&format!(

@@ -73,10 +73,11 @@ start_cri_imaged() {
   CRI_SOCK="$WORK/cri-imaged.sock"
   CONTAINERD_SOCK="$WORK/containerd/containerd.sock"
   mkdir -p "$CERTS_D"
+  METRICS_ADDR="127.0.0.1:$(free_port)"
   local cbin=containerd
   if [ -n "${CONTAINERD_VERSION:-}" ]; then cbin="$(bash "$REPO/scripts/containerd-versions.sh" path "$CONTAINERD_VERSION")"; fi
   "$bin" serve --managed-containerd "$WORK/containerd" --containerd-binary "$cbin" --registry-config-path "$CERTS_D" \
-    --listen "$CRI_SOCK" --metrics-address "127.0.0.1:$(free_port)" "$@" >"$WORK/cri-imaged.log" 2>&1 &
+    --listen "$CRI_SOCK" --metrics-address "$METRICS_ADDR" "$@" >"$WORK/cri-imaged.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
     [ -S "$CRI_SOCK" ] && [ -S "$CONTAINERD_SOCK" ] && crictl --timeout 2s --image-endpoint "unix://$CRI_SOCK" imagefsinfo >/dev/null 2>&1 && return 0

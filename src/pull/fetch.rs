@@ -282,7 +282,7 @@ impl Sink for SpoolSink {
     async fn put(&mut self, chunk: &[u8], _ctx: &PullCtx) -> Result<(), PullError> {
         self.writer
             .write_at(chunk, self.pos)
-            .map_err(|e| PullError::Internal(format!("spool write: {e}")))?;
+            .map_err(|e| spool_io_error("spool write", e))?;
         self.pos += chunk.len() as u64;
         Ok(())
     }
@@ -541,6 +541,7 @@ async fn store_from_spool(
 ) -> Result<(), PullError> {
     let size = desc.size.max(0) as u64;
     let spool_err = |e: std::io::Error| PullError::Internal(format!("spool: {e}"));
+    ctx.commit_gate_open().await;
     let w = match writer {
         Some(w) => w,
         None => {
@@ -558,6 +559,7 @@ async fn store_from_spool(
             }
         }
     };
+    tracing::debug!(digest = %desc.digest, offset = w.offset, size, "blob store: containerd reports its ingest at");
     let mut pos = if w.offset > size { 0 } else { w.offset };
     if pos == size && size > 0 {
         ctx.metrics.blobs_stored_ingest_file.inc();
@@ -587,6 +589,16 @@ async fn store_from_spool(
     sink.finish(desc, labels, ctx).await
 }
 
+/// A spool file error: a full disk is RESOURCE_EXHAUSTED, as everywhere else.
+fn spool_io_error(what: &str, e: std::io::Error) -> PullError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            PullError::Containerd(Arc::new(ContainerdError::NoSpace(format!("{what}: {e}"))))
+        }
+        _ => PullError::Internal(format!("{what}: {e}")),
+    }
+}
+
 fn new_spool(dir: &std::path::Path) -> Result<Arc<Spool>, PullError> {
     Spool::create(dir).map_err(|e| {
         PullError::Internal(format!(
@@ -599,13 +611,14 @@ fn new_spool(dir: &std::path::Path) -> Result<Arc<Spool>, PullError> {
 /// The `data` file of the ingest containerd opened for our write `r#ref` in
 /// `namespace`, when this process can see and write it: containerd's local
 /// content store keeps `<root>/ingest/<hash>/{ref,data,total,…}`, the `ref`
-/// file holding `<namespace>-<sequence>-<ref>`.
+/// file holding `<namespace>/<sequence>/<ref>` (containerd's metadata store
+/// names the backend write so).
 fn ingest_data_file(
     content_root: &std::path::Path,
     namespace: &str,
     r#ref: &str,
 ) -> Option<std::path::PathBuf> {
-    let (prefix, suffix) = (format!("{namespace}-"), format!("-{ref}"));
+    let (prefix, suffix) = (format!("{namespace}/"), format!("/{ref}"));
     for e in std::fs::read_dir(content_root.join("ingest"))
         .ok()?
         .flatten()
@@ -704,7 +717,17 @@ pub(super) async fn fetch_and_unpack(
         let r = try_join_all(fetches).await?;
         Ok::<_, PullError>((r, start.elapsed()))
     };
-    let unpacking = unpack::unpack(ctx, layers, diff_ids, arrivals, spools);
+    // However the unpack ends (done, failed, dropped), blob commits may go.
+    struct Gate<'a>(&'a PullCtx);
+    impl Drop for Gate<'_> {
+        fn drop(&mut self) {
+            self.0.open_commit_gate();
+        }
+    }
+    let unpacking = async {
+        let _gate = Gate(ctx);
+        unpack::unpack(ctx, layers, diff_ids, arrivals, spools).await
+    };
     // On failure the lease stays until it expires so a retry resumes; what
     // was written is collected by containerd's GC after that.
     let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;

@@ -123,6 +123,22 @@ pub(crate) struct PullCtx {
     /// Content-store writes still running after their download: the pull's
     /// lease is released once they end.
     pub background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Opened when the unpack no longer needs the disk to itself (it ended,
+    /// or waits for a blob in the content store): background blob commits
+    /// (containerd hashing and fsyncing them) wait for it, so they do not
+    /// slow the chain of snapshot Prepare/Commit transactions.
+    pub commit_gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl PullCtx {
+    pub fn open_commit_gate(&self) {
+        self.commit_gate.send_replace(true);
+    }
+
+    pub async fn commit_gate_open(&self) {
+        let mut rx = self.commit_gate.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
 }
 
 impl PullCtx {
@@ -152,6 +168,7 @@ impl PullCtx {
             discard_layers: puller.cfg.discard_unpacked_layers,
             content_root: puller.cfg.content_root.clone(),
             background: Default::default(),
+            commit_gate: tokio::sync::watch::channel(false).0,
         }
     }
 

@@ -162,7 +162,11 @@ pub async fn unpack(
                         continue;
                     }
                     Label::Now => None,
-                    Label::After(done) => Some(done),
+                    Label::After(done) => {
+                        // Waiting on a blob: let the commits go.
+                        ctx.open_commit_gate();
+                        Some(done)
+                    }
                 };
             // Off the critical path: the next layer's Prepare need not wait
             // for this label; all are joined before the unpack reports done.
@@ -183,7 +187,10 @@ pub async fn unpack(
             }));
         } else {
             // Still wait for the blob: the image must be complete in content too.
-            done.await.map_err(|_| PullError::Canceled)?;
+            {
+                ctx.open_commit_gate();
+                done.await.map_err(|_| PullError::Canceled)?;
+            }
         }
         parent = chain_id.clone();
     }
@@ -345,7 +352,10 @@ async fn apply_layer(
                 );
             }
             drop(decoding);
-            done.await.map_err(|_| PullError::Canceled)?;
+            {
+                ctx.open_commit_gate();
+                done.await.map_err(|_| PullError::Canceled)?;
+            }
             let applied = ctx
                 .cd
                 .apply_diff(
