@@ -303,8 +303,24 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
     v.push(tokio::spawn(async move {
         for _ in 0..CLEANUP_ATTEMPTS {
             match crate::pull::cleanup_interrupted(&cd, &snapshotters).await {
-                Ok(_) => return,
+                Ok(_) => break,
                 Err(e) => tracing::debug!(error = %e, "cleanup of interrupted unpacks: retrying"),
+            }
+            tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
+        }
+    }));
+    // Layer blobs a killed predecessor downloaded whole but did not commit.
+    let (cd, content_root) = (
+        svc.store.containerd().clone(),
+        cfg.containerd_root.join("io.containerd.content.v1.content"),
+    );
+    v.push(tokio::spawn(async move {
+        for _ in 0..CLEANUP_ATTEMPTS {
+            match crate::pull::commit_interrupted(&cd, &content_root).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "commit of interrupted blob writes: retrying")
+                }
             }
             tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
         }

@@ -589,6 +589,95 @@ async fn store_from_spool(
     sink.finish(desc, labels, ctx).await
 }
 
+/// Commit the layer blobs a killed predecessor downloaded whole into
+/// containerd's ingest files but did not get to commit (its pull had
+/// returned: the image runs, its content is incomplete). containerd re-reads
+/// and verifies each one. Runs at start; returns how many were committed.
+pub async fn commit_interrupted(
+    cd: &crate::containerd::Containerd,
+    content_root: &std::path::Path,
+) -> Result<usize, ContainerdError> {
+    let prefix = format!("{}/", cd.namespace());
+    let mut done = 0;
+    let Ok(dirs) = std::fs::read_dir(content_root.join("ingest")) else {
+        return Ok(0);
+    };
+    for e in dirs.flatten() {
+        let p = e.path();
+        let Ok(backend) = std::fs::read_to_string(p.join("ref")) else {
+            continue;
+        };
+        // <namespace>/<sequence>/cri-imaged-<digest>
+        let Some(rest) = backend.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((_, r#ref)) = rest.split_once('/') else {
+            continue;
+        };
+        let Some(digest) = r#ref.strip_prefix("cri-imaged-") else {
+            continue;
+        };
+        let total: Option<i64> = std::fs::read_to_string(p.join("total"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let len = std::fs::metadata(p.join("data")).map(|m| m.len() as i64);
+        let (Some(total), Ok(len)) = (total, len) else {
+            continue;
+        };
+        if total <= 0 || len != total {
+            continue; // partial: a later pull resumes it with a Range request
+        }
+        let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
+        for action in [WriteAction::Stat, WriteAction::Commit] {
+            let _ = tx
+                .send(WriteContentRequest {
+                    action: action as i32,
+                    r#ref: r#ref.to_string(),
+                    offset: if action == WriteAction::Commit {
+                        total
+                    } else {
+                        0
+                    },
+                    total,
+                    expected: digest.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        drop(tx);
+        let mut stream = match cd.write_stream(ReceiverStream::new(rx), None).await {
+            Ok(s) => s,
+            Err(ContainerdError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut result = Ok(());
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(s) => {
+                    result = Err(cd.map_status(s));
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => {
+                done += 1;
+                tracing::info!(%digest, "committed a layer blob an interrupted pull left in containerd's ingest");
+            }
+            Err(ContainerdError::AlreadyExists(_)) => {}
+            Err(ContainerdError::Unavailable { message, socket }) => {
+                return Err(ContainerdError::Unavailable { message, socket })
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot commit a layer blob an interrupted pull left")
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// A spool file error: a full disk is RESOURCE_EXHAUSTED, as everywhere else.
 fn spool_io_error(what: &str, e: std::io::Error) -> PullError {
     match e.raw_os_error() {
@@ -717,17 +806,7 @@ pub(super) async fn fetch_and_unpack(
         let r = try_join_all(fetches).await?;
         Ok::<_, PullError>((r, start.elapsed()))
     };
-    // However the unpack ends (done, failed, dropped), blob commits may go.
-    struct Gate<'a>(&'a PullCtx);
-    impl Drop for Gate<'_> {
-        fn drop(&mut self) {
-            self.0.open_commit_gate();
-        }
-    }
-    let unpacking = async {
-        let _gate = Gate(ctx);
-        unpack::unpack(ctx, layers, diff_ids, arrivals, spools).await
-    };
+    let unpacking = unpack::unpack(ctx, layers, diff_ids, arrivals, spools);
     // On failure the lease stays until it expires so a retry resumes; what
     // was written is collected by containerd's GC after that.
     let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;

@@ -28,6 +28,7 @@ use crate::select::Selected;
 use crate::store::Store;
 pub(crate) use error::retryable;
 pub use error::PullError;
+pub use fetch::commit_interrupted;
 use fetch::{BlobKey, Fetched, LayersDone};
 use resolve::RegistrySource;
 pub use unpack::cleanup_interrupted;
@@ -123,10 +124,10 @@ pub(crate) struct PullCtx {
     /// Content-store writes still running after their download: the pull's
     /// lease is released once they end.
     pub background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Opened when the unpack no longer needs the disk to itself (it ended,
-    /// or waits for a blob in the content store): background blob commits
-    /// (containerd hashing and fsyncing them) wait for it, so they do not
-    /// slow the chain of snapshot Prepare/Commit transactions.
+    /// Opened when the pull no longer needs the disk to itself (it ended, or
+    /// its unpack waits for a blob in the content store): background blob
+    /// commits (containerd hashing and fsyncing them) wait for it, so they do
+    /// not slow the snapshot and record transactions the pull waits for.
     pub commit_gate: tokio::sync::watch::Sender<bool>,
 }
 
@@ -371,6 +372,15 @@ impl Puller {
         )
         .await?;
         let ctx = Arc::new(PullCtx::new(self, reference, auth, &lease, snapshotter));
+        // However this pull ends (records written, failed, dropped), its
+        // blobs' commits may go from then on.
+        struct Gate(Arc<PullCtx>);
+        impl Drop for Gate {
+            fn drop(&mut self) {
+                self.0.open_commit_gate();
+            }
+        }
+        let _gate = Gate(ctx.clone());
         let layers =
             fetch::fetch_and_unpack(self, &ctx, &image.manifest.layers, image.config.diff_ids())
                 .await?;
