@@ -192,7 +192,7 @@ async fn run(o: Opts) -> String {
             1,
             format!("1. cold pull, 1 layer × {} MB", o.single_mb),
             &single,
-            1.0,
+            0.6,
         ),
         (
             2,
@@ -201,7 +201,7 @@ async fn run(o: Opts) -> String {
                 o.multi_layers, o.multi_mb
             ),
             &multi,
-            0.8,
+            0.6,
         ),
         (
             3,
