@@ -310,13 +310,14 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
         }
     }));
     // Layer blobs a killed predecessor downloaded whole but did not commit.
-    let (cd, content_root) = (
+    let (cd, content_root, expiry) = (
         svc.store.containerd().clone(),
         cfg.containerd_root.join("io.containerd.content.v1.content"),
+        cfg.lease_expiry,
     );
     v.push(tokio::spawn(async move {
         for _ in 0..CLEANUP_ATTEMPTS {
-            match crate::pull::commit_interrupted(&cd, &content_root).await {
+            match crate::pull::commit_interrupted(&cd, &content_root, expiry).await {
                 Ok(_) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "commit of interrupted blob writes: retrying")

@@ -592,16 +592,21 @@ async fn store_from_spool(
 /// Commit the layer blobs a killed predecessor downloaded whole into
 /// containerd's ingest files but did not get to commit (its pull had
 /// returned: the image runs, its content is incomplete). containerd re-reads
-/// and verifies each one. Runs at start; returns how many were committed.
+/// and verifies each one. The commits are held by a lease of `expiry` (as
+/// the ingests were by the dead pull's): a pull that was killed before its
+/// records finds its blobs there when it is retried. Runs at start; returns
+/// how many were committed.
 pub async fn commit_interrupted(
     cd: &crate::containerd::Containerd,
     content_root: &std::path::Path,
+    expiry: Duration,
 ) -> Result<usize, ContainerdError> {
     let prefix = format!("{}/", cd.namespace());
     let mut done = 0;
     let Ok(dirs) = std::fs::read_dir(content_root.join("ingest")) else {
         return Ok(0);
     };
+    let mut lease: Option<crate::containerd::Lease> = None;
     for e in dirs.flatten() {
         let p = e.path();
         let Ok(backend) = std::fs::read_to_string(p.join("ref")) else {
@@ -627,6 +632,18 @@ pub async fn commit_interrupted(
         if total <= 0 || len != total {
             continue; // partial: a later pull resumes it with a Range request
         }
+        if lease.is_none() {
+            lease = Some(
+                crate::containerd::Lease::create(
+                    cd,
+                    crate::containerd::LeaseKind::Flat,
+                    expiry,
+                    crate::containerd::OnDrop::Expire,
+                )
+                .await?,
+            );
+        }
+        let lease_id = lease.as_ref().map(|l| l.id().to_string());
         let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
         for action in [WriteAction::Stat, WriteAction::Commit] {
             let _ = tx
@@ -645,7 +662,10 @@ pub async fn commit_interrupted(
                 .await;
         }
         drop(tx);
-        let mut stream = match cd.write_stream(ReceiverStream::new(rx), None).await {
+        let mut stream = match cd
+            .write_stream(ReceiverStream::new(rx), lease_id.as_deref())
+            .await
+        {
             Ok(s) => s,
             Err(ContainerdError::AlreadyExists(_)) => continue,
             Err(e) => return Err(e),
