@@ -56,6 +56,18 @@ impl From<ContainerdError> for PullError {
 }
 
 impl PullError {
+    /// A local I/O failure (spool, snapshot directory) described by `message`:
+    /// a full disk or quota is RESOURCE_EXHAUSTED like containerd's own, the
+    /// rest is internal.
+    pub(crate) fn local_io(errno: Option<i32>, message: String) -> PullError {
+        match errno {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                PullError::Containerd(Arc::new(ContainerdError::NoSpace(message)))
+            }
+            _ => PullError::Internal(message),
+        }
+    }
+
     /// The metric reason for this failure.
     pub fn reason(&self) -> FailureReason {
         match self {

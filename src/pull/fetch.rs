@@ -431,7 +431,7 @@ pub async fn fetch_blob_spooled(
     spool_dir: &std::path::Path,
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
-    let mut w = match open(ctx, desc).await? {
+    let w = match open(ctx, desc).await? {
         Opened::Exists => return Ok(Fetched::Reused),
         Opened::Open(w) => w,
     };
@@ -443,9 +443,6 @@ pub async fn fetch_blob_spooled(
         // and only needs its commit). containerd's applier unpacks it from
         // the content store.
         return fetch_into(ctx, desc, labels, w).await;
-    }
-    if w.offset > size {
-        w.offset = 0;
     }
     let r#ref = w.r#ref.clone();
     let direct = match (&ctx.content_root, ctx.discard_layers) {
@@ -700,12 +697,7 @@ pub async fn commit_interrupted(
 
 /// A spool file error: a full disk is RESOURCE_EXHAUSTED, as everywhere else.
 fn spool_io_error(what: &str, e: std::io::Error) -> PullError {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-            PullError::Containerd(Arc::new(ContainerdError::NoSpace(format!("{what}: {e}"))))
-        }
-        _ => PullError::Internal(format!("{what}: {e}")),
-    }
+    PullError::local_io(e.raw_os_error(), format!("{what}: {e}"))
 }
 
 fn new_spool(dir: &std::path::Path) -> Result<Arc<Spool>, PullError> {

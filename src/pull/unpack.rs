@@ -283,12 +283,9 @@ fn layer_error(e: LayerError) -> PullError {
     if e.is_mismatch() {
         return PullError::DigestMismatch(e.to_string());
     }
-    match (e.raw_os_error(), &e) {
-        (Some(libc::ENOSPC) | Some(libc::EDQUOT), _) => {
-            PullError::Containerd(Arc::new(ContainerdError::NoSpace(e.to_string())))
-        }
-        (_, LayerError::Canceled) => PullError::Canceled,
-        _ => PullError::Internal(e.to_string()),
+    match e {
+        LayerError::Canceled => PullError::Canceled,
+        e => PullError::local_io(e.raw_os_error(), e.to_string()),
     }
 }
 
