@@ -20,7 +20,7 @@ cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$LOG" "$M
 # client, config, metrics) does not depend on containerd's version.
 CORE=(--test pull --test pull_basic --test pull_options --test rpc --test faults
       --test resolver --test interop_records --test platform_e2e --test real_clients
-      --test unpack_differential)
+      --test unpack_differential --test remote_snapshotter)
 for v in ${CONTAINERD_MATRIX:-1.7 2.1}; do
   echo "== containerd $v: the containerd-facing tests"
   bash scripts/containerd-versions.sh path "$v" >/dev/null

@@ -50,6 +50,45 @@ pub enum Unpacker {
     Containerd,
 }
 
+/// Whether Prepare carries the labels remote (lazy-pull) snapshotters read
+/// (`containerd.io/snapshot/cri.*`, as containerd's CRI passes them when its
+/// `disable_snapshot_annotations` is false), letting such a snapshotter
+/// serve a layer without it being downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotAnnotations {
+    /// For every snapshotter but containerd's built-in local ones
+    /// (overlayfs, native, btrfs, zfs, devmapper, aufs, blockfile, erofs).
+    #[default]
+    Auto,
+    /// For every snapshotter.
+    Always,
+    /// Never: every layer is downloaded and unpacked.
+    Never,
+}
+
+impl SnapshotAnnotations {
+    /// Whether pulls into `snapshotter` pass the labels.
+    pub fn applies_to(self, snapshotter: &str) -> bool {
+        const LOCAL: &[&str] = &[
+            "overlayfs",
+            "native",
+            "btrfs",
+            "zfs",
+            "devmapper",
+            "aufs",
+            "blockfile",
+            "erofs",
+            "windows",
+        ];
+        match self {
+            SnapshotAnnotations::Auto => !LOCAL.contains(&snapshotter),
+            SnapshotAnnotations::Always => true,
+            SnapshotAnnotations::Never => false,
+        }
+    }
+}
+
 /// The whole configuration. Every key has a default; unknown keys are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,6 +126,9 @@ pub struct Config {
     /// (containerd's CRI option of the same name): natively unpacked layers
     /// are never stored, others are left to containerd's GC.
     pub discard_unpacked_layers: bool,
+    /// Labels for remote snapshotters on Prepare: `auto` (for snapshotters
+    /// other than containerd's built-in local ones), `always` or `never`.
+    pub snapshot_annotations: SnapshotAnnotations,
     /// Registry host configuration directory (containerd certs.d layout).
     pub registry_config_path: PathBuf,
     /// Address of the /metrics, /healthz and /readyz HTTP server; empty = off.
@@ -136,6 +178,7 @@ impl Default for Config {
             unpacker: Unpacker::Auto,
             spool_dir: PathBuf::new(),
             discard_unpacked_layers: false,
+            snapshot_annotations: SnapshotAnnotations::Auto,
             registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
             metrics_address: "127.0.0.1:9110".into(),
             imagefs_sample_interval: Duration::from_secs(10),
@@ -346,6 +389,26 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.node_platforms().unwrap()[0].to_string(), "linux/arm/v7");
         assert_eq!(c.runtime_handler_snapshotters["kata"], "devmapper");
+    }
+
+    #[test]
+    fn snapshot_annotations_by_snapshotter() {
+        let c = parse("").unwrap();
+        assert_eq!(c.snapshot_annotations, SnapshotAnnotations::Auto);
+        for local in ["overlayfs", "native", "devmapper", "btrfs", "zfs", "erofs"] {
+            assert!(!c.snapshot_annotations.applies_to(local), "{local}");
+        }
+        for remote in ["stargz", "nydus", "soci", "my-proxy"] {
+            assert!(c.snapshot_annotations.applies_to(remote), "{remote}");
+        }
+        let c = parse("snapshot_annotations: always\n").unwrap();
+        assert!(c.snapshot_annotations.applies_to("overlayfs"));
+        let c = parse("snapshot_annotations: never\n").unwrap();
+        assert!(!c.snapshot_annotations.applies_to("stargz"));
+        let e = parse("snapshot_annotations: yes-please\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("snapshot_annotations"), "{e}");
     }
 
     #[test]

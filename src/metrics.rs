@@ -85,6 +85,7 @@ pub struct Metrics {
     /// Layers written into snapshots, by who wrote them.
     pub layers_unpacked_native: IntCounter,
     pub layers_unpacked_containerd: IntCounter,
+    pub layers_served_remote: IntCounter,
     /// Layer blobs the native unpack's downloads put into the content store,
     /// by way: containerd's ingest file written in place, or the Write API.
     pub blobs_stored_ingest_file: IntCounter,
@@ -197,12 +198,13 @@ impl Metrics {
         let layers_unpacked = must(IntCounterVec::new(
             Opts::new(
                 "cri_imaged_layers_unpacked_total",
-                "Layers written into snapshots, by unpacker: native (cri-imaged wrote the files) or containerd (its diff service).",
+                "Layers that became snapshots, by unpacker: native (cri-imaged wrote the files), containerd (its diff service) or remote (a remote snapshotter served the layer: not downloaded).",
             ),
             &["unpacker"],
         ));
         let layers_unpacked_native = layers_unpacked.with_label_values(&["native"]);
         let layers_unpacked_containerd = layers_unpacked.with_label_values(&["containerd"]);
+        let layers_served_remote = layers_unpacked.with_label_values(&["remote"]);
         let blobs_stored = must(IntCounterVec::new(
             Opts::new(
                 "cri_imaged_layer_blobs_stored_total",
@@ -316,6 +318,7 @@ impl Metrics {
             layers_reused,
             layers_unpacked_native,
             layers_unpacked_containerd,
+            layers_served_remote,
             blobs_stored_ingest_file,
             blobs_stored_write_api,
             blob_store_failures,

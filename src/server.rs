@@ -123,6 +123,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             pinned: cfg.pinned_images.clone(),
             native_unpack: cfg.unpacker == crate::config::Unpacker::Auto,
             discard_unpacked_layers: cfg.discard_unpacked_layers,
+            snapshot_annotations: cfg.snapshot_annotations,
             // Looked at per blob (a managed containerd creates it after we start).
             content_root: Some(cfg.containerd_root.join("io.containerd.content.v1.content")),
             spool_dir: if cfg.spool_dir.as_os_str().is_empty() {

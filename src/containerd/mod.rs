@@ -474,6 +474,7 @@ impl Containerd {
         snapshotter: &str,
         key: &str,
         parent: &str,
+        labels: HashMap<String, String>,
         lease: Option<&str>,
     ) -> Result<Vec<Mount>> {
         let mut c = snap::snapshots_client::SnapshotsClient::new(self.channel.clone());
@@ -483,7 +484,7 @@ impl Containerd {
                     snapshotter: snapshotter.into(),
                     key: key.into(),
                     parent: parent.into(),
-                    labels: HashMap::new(),
+                    labels,
                 },
                 lease,
             ))

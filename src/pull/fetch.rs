@@ -44,11 +44,13 @@ pub enum Fetched {
     /// blob reaches containerd's content store in the background
     /// (`Spool::wait_stored`).
     Storing(Arc<Spool>),
+    /// Not fetched: the snapshotter serves the layer (a remote snapshotter).
+    Remote,
 }
 
 impl Fetched {
     fn downloaded(&self) -> bool {
-        !matches!(self, Fetched::Reused)
+        !matches!(self, Fetched::Reused | Fetched::Remote)
     }
 }
 
@@ -755,6 +757,8 @@ pub struct BlobKey {
 pub(super) struct LayersDone {
     pub downloaded: usize,
     pub reused: usize,
+    /// Served by a remote snapshotter (or its snapshot was here): not fetched.
+    pub remote: usize,
     pub fetch: Duration,
     /// Unpack time after the last byte arrived.
     pub unpack: Duration,
@@ -771,6 +775,15 @@ pub(super) async fn fetch_and_unpack(
     diff_ids: &[String],
 ) -> Result<LayersDone, PullError> {
     let start = Instant::now();
+    // A remote snapshotter may serve the bottom layers: those are not fetched.
+    let served = match &ctx.remote {
+        Some(r) => {
+            let chain = crate::reference::chain_id(diff_ids);
+            super::remote::probe(ctx, &r.image, layers, &chain).await?
+        }
+        None => 0,
+    };
+    ctx.metrics.layers_served_remote.inc_by(served as u64);
     let per_pull = Arc::new(Semaphore::new(puller.cfg.per_pull_downloads.max(1)));
     let (arrived, arrivals): (Vec<_>, Vec<_>) =
         layers.iter().map(|_| oneshot::channel::<()>()).unzip();
@@ -780,10 +793,19 @@ pub(super) async fn fetch_and_unpack(
         .iter()
         .map(|_| oneshot::channel::<Arc<Spool>>())
         .unzip();
-    let fetches = layers.iter().zip(diff_ids).zip(arrived).zip(spooled).map(
-        |(((layer, diff_id), arrived), spooled)| {
+    let fetches = layers
+        .iter()
+        .zip(diff_ids)
+        .zip(arrived)
+        .zip(spooled)
+        .enumerate()
+        .map(|(i, (((layer, diff_id), arrived), spooled))| {
             let per_pull = per_pull.clone();
             async move {
+                if i < served {
+                    let _ = arrived.send(());
+                    return Ok(Fetched::Remote);
+                }
                 let _p = per_pull
                     .acquire_owned()
                     .await
@@ -812,8 +834,7 @@ pub(super) async fn fetch_and_unpack(
                 }
                 Ok::<Fetched, PullError>(r)
             }
-        },
-    );
+        });
     let fetch_all = async {
         let r = try_join_all(fetches).await?;
         Ok::<_, PullError>((r, start.elapsed()))
@@ -825,7 +846,8 @@ pub(super) async fn fetch_and_unpack(
     let downloaded = fetched.iter().filter(|f| f.downloaded()).count();
     Ok(LayersDone {
         downloaded,
-        reused: fetched.len() - downloaded,
+        reused: fetched.len() - downloaded - served,
+        remote: served,
         fetch,
         unpack: unpack_done.saturating_sub(fetch),
         top_chain,

@@ -9,6 +9,7 @@ mod error;
 mod fetch;
 mod local;
 mod records;
+mod remote;
 mod resolve;
 mod singleflight;
 mod spool;
@@ -51,6 +52,8 @@ pub struct PullConfig {
     /// containerd's content store directory, when visible from here
     /// (`<containerd_root>/io.containerd.content.v1.content`).
     pub content_root: Option<std::path::PathBuf>,
+    /// Which snapshotters get the labels remote snapshotters read on Prepare.
+    pub snapshot_annotations: crate::config::SnapshotAnnotations,
 }
 
 /// What a pull did.
@@ -61,6 +64,8 @@ pub struct PullReport {
     pub bytes: u64,
     pub layers_fetched: usize,
     pub layers_reused: usize,
+    /// Layers a remote snapshotter served (neither downloaded nor unpacked).
+    pub layers_remote: usize,
     pub resolve: Duration,
     pub fetch: Duration,
     pub unpack: Duration,
@@ -97,6 +102,7 @@ impl PullReport {
     fn layers(&mut self, l: &LayersDone) {
         self.layers_fetched = l.downloaded;
         self.layers_reused = l.reused;
+        self.layers_remote = l.remote;
         self.fetch = l.fetch;
         self.unpack = l.unpack;
     }
@@ -129,6 +135,14 @@ pub(crate) struct PullCtx {
     /// commits (containerd hashing and fsyncing them) wait for it, so they do
     /// not slow the snapshot and record transactions the pull waits for.
     pub commit_gate: tokio::sync::watch::Sender<bool>,
+    /// Set when Prepare carries the labels remote snapshotters read.
+    pub remote: Option<RemotePull>,
+}
+
+/// What a remote snapshotter is told about this pull's layers.
+pub(crate) struct RemotePull {
+    pub image: remote::ImageLabels,
+    pub layers: Vec<crate::manifest::Descriptor>,
 }
 
 impl PullCtx {
@@ -149,6 +163,7 @@ impl PullCtx {
         auth: &PullAuth,
         lease: &Lease,
         snapshotter: &str,
+        image: &Selected,
     ) -> PullCtx {
         PullCtx {
             cd: puller.cd.clone(),
@@ -170,6 +185,17 @@ impl PullCtx {
             content_root: puller.cfg.content_root.clone(),
             background: Default::default(),
             commit_gate: tokio::sync::watch::channel(false).0,
+            remote: puller
+                .cfg
+                .snapshot_annotations
+                .applies_to(snapshotter)
+                .then(|| RemotePull {
+                    image: remote::ImageLabels {
+                        image_ref: reference.to_string(),
+                        manifest_digest: image.manifest_doc.desc.digest.clone(),
+                    },
+                    layers: image.manifest.layers.clone(),
+                }),
         }
     }
 
@@ -308,6 +334,7 @@ impl Puller {
                     bytes = r.bytes,
                     layers_fetched = r.layers_fetched,
                     layers_reused = r.layers_reused,
+                    layers_remote = r.layers_remote,
                     already_present = r.already_present,
                     resolve_ms = r.resolve.as_millis() as u64,
                     fetch_ms = r.fetch.as_millis() as u64,
@@ -371,7 +398,14 @@ impl Puller {
             OnDrop::Expire,
         )
         .await?;
-        let ctx = Arc::new(PullCtx::new(self, reference, auth, &lease, snapshotter));
+        let ctx = Arc::new(PullCtx::new(
+            self,
+            reference,
+            auth,
+            &lease,
+            snapshotter,
+            &image,
+        ));
         // However this pull ends (records written, failed, dropped), its
         // blobs' commits may go from then on.
         struct Gate(Arc<PullCtx>);

@@ -152,22 +152,30 @@ pub async fn unpack(
                 Some(_) => decoded.await.ok(),
                 None => None,
             };
-            let done =
-                match apply_layer(ctx, layer, &diff_ids[i], chain_id, &parent, decoding, done)
-                    .await?
-                {
-                    // Labelled when its blob is committed (in the background).
-                    Label::AtCommit => {
-                        parent = chain_id.clone();
-                        continue;
-                    }
-                    Label::Now => None,
-                    Label::After(done) => {
-                        // Waiting on a blob: let the commits go.
-                        ctx.open_commit_gate();
-                        Some(done)
-                    }
-                };
+            let done = match apply_layer(
+                ctx,
+                i,
+                layer,
+                &diff_ids[i],
+                chain_id,
+                &parent,
+                decoding,
+                done,
+            )
+            .await?
+            {
+                // Labelled when its blob is committed (in the background).
+                Label::AtCommit => {
+                    parent = chain_id.clone();
+                    continue;
+                }
+                Label::Now => None,
+                Label::After(done) => {
+                    // Waiting on a blob: let the commits go.
+                    ctx.open_commit_gate();
+                    Some(done)
+                }
+            };
             // Off the critical path: the next layer's Prepare need not wait
             // for this label; all are joined before the unpack reports done.
             let (cd, discard) = (ctx.cd.clone(), ctx.discard_layers);
@@ -299,17 +307,10 @@ enum Label {
     AtCommit,
 }
 
-/// Apply one layer; says when its blob is to be labelled.
-async fn apply_layer(
-    ctx: &PullCtx,
-    layer: &Descriptor,
-    diff_id: &str,
-    chain_id: &str,
-    parent: &str,
-    decoding: Option<Decoding>,
-    done: oneshot::Receiver<()>,
-) -> Result<Label, PullError> {
-    let key = format!(
+/// The key of an active snapshot being extracted:
+/// `extract-crii-<pid>-<nanos>-<random> <chainID>`.
+pub(super) fn extract_key(chain_id: &str) -> String {
+    format!(
         "{}{}-{}-{:08x} {chain_id}",
         EXTRACT_KEY_PREFIX,
         std::process::id(),
@@ -318,10 +319,37 @@ async fn apply_layer(
             .map(|d| d.as_nanos())
             .unwrap_or(0),
         rand::random::<u32>()
-    );
+    )
+}
+
+/// Apply layer `index`; says when its blob is to be labelled.
+#[allow(clippy::too_many_arguments)]
+async fn apply_layer(
+    ctx: &PullCtx,
+    index: usize,
+    layer: &Descriptor,
+    diff_id: &str,
+    chain_id: &str,
+    parent: &str,
+    decoding: Option<Decoding>,
+    done: oneshot::Receiver<()>,
+) -> Result<Label, PullError> {
+    let key = extract_key(chain_id);
+    // For a remote snapshotter: the labels it may serve the layer by.
+    let prepare_labels = ctx
+        .remote
+        .as_ref()
+        .map(|r| r.image.for_layer(&r.layers, index, chain_id))
+        .unwrap_or_default();
     let mounts = match ctx
         .cd
-        .prepare_snapshot(&ctx.snapshotter, &key, parent, Some(&ctx.lease))
+        .prepare_snapshot(
+            &ctx.snapshotter,
+            &key,
+            parent,
+            prepare_labels,
+            Some(&ctx.lease),
+        )
         .await
     {
         Ok(m) => m,

@@ -13,6 +13,8 @@
 //! * [`FaultProxy`] – an HTTP proxy injecting registry faults (errors, resets,
 //!   truncation, stalls, corruption, slow bodies, redirect loops).
 //! * [`Mock`]       – a scripted HTTP server (fake registries, token servers).
+//! * [`FakeSnapshotter`] – a remote (lazy-pull) snapshotter served as a
+//!   containerd proxy plugin, recording every Prepare and its labels.
 //!
 //! Everything cleans up on drop (also on panic): processes are killed and
 //! waited for, mounts under the temp dirs are lazily unmounted.
@@ -32,6 +34,7 @@ pub mod mock;
 pub mod mounts;
 pub mod push;
 pub mod registry;
+pub mod snapshotter;
 
 pub use containerd::{containerd_version, Containerd, ContainerdOpts, ContainerdVersion};
 pub use daemon::*;
@@ -50,6 +53,7 @@ pub use push::{
 };
 pub use registry::http_status;
 pub use registry::{Pki, Registry, RegistryOpts};
+pub use snapshotter::{FakeSnapshotter, Prepared};
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;
