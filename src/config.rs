@@ -238,6 +238,15 @@ impl Config {
     }
 
     /// Snapshotter root, derived from containerd_root when not set.
+    /// `spool_dir`, or the system's temporary directory when empty.
+    pub fn effective_spool_dir(&self) -> PathBuf {
+        if self.spool_dir.as_os_str().is_empty() {
+            std::env::temp_dir()
+        } else {
+            self.spool_dir.clone()
+        }
+    }
+
     pub fn effective_snapshotter_root(&self) -> PathBuf {
         if self.snapshotter_root.as_os_str().is_empty() {
             self.containerd_root

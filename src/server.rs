@@ -126,11 +126,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             snapshot_annotations: cfg.snapshot_annotations,
             // Looked at per blob (a managed containerd creates it after we start).
             content_root: Some(cfg.containerd_root.join("io.containerd.content.v1.content")),
-            spool_dir: if cfg.spool_dir.as_os_str().is_empty() {
-                std::env::temp_dir()
-            } else {
-                cfg.spool_dir.clone()
-            },
+            spool_dir: cfg.effective_spool_dir(),
         },
         cfg.max_concurrent_downloads,
         metrics.clone(),
@@ -323,6 +319,21 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
                 Err(e) => {
                     tracing::debug!(error = %e, "commit of interrupted blob writes: retrying")
                 }
+            }
+            tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
+        }
+    }));
+    // Small layer blobs a killed predecessor spooled but did not store.
+    let (cd, spool_dir, expiry) = (
+        svc.store.containerd().clone(),
+        cfg.effective_spool_dir(),
+        cfg.lease_expiry,
+    );
+    v.push(tokio::spawn(async move {
+        for _ in 0..CLEANUP_ATTEMPTS {
+            match crate::pull::commit_spooled(&cd, &spool_dir, expiry).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "commit of spooled blobs: retrying"),
             }
             tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
         }

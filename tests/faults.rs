@@ -912,3 +912,87 @@ fn containerds_side_by_side_share_no_host_socket() {
     let after = stamp();
     assert_eq!(before, after, "a test containerd (re)created {host_nri:?}");
 }
+
+/// Small layer blobs are stored in containerd's content store only after
+/// their pull, from named spools; a cri-imaged killed in between leaves the
+/// spools behind, and the next one stores them at start (with the labels the
+/// pull would have set), and removes what cannot be stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn spooled_blobs_a_killed_process_left_are_stored_at_start() {
+    let env = TestEnv::start();
+    let spool = tempfile::tempdir().unwrap();
+    let dead = 4_194_303; // above any pid in use here
+    let blob = Layer::random(64 << 10, 7).compress(Compression::Gzip);
+    let digest = sha256_digest(&blob);
+    let write = |stem: &str, size: usize, data: &[u8]| {
+        let record = serde_json::json!({
+            "digest": digest,
+            "size": size,
+            "labels": {
+                "containerd.io/distribution.source.example.com": "team/app",
+                "containerd.io/uncompressed": "sha256:0123",
+            },
+        });
+        std::fs::write(
+            spool.path().join(format!("{stem}.json")),
+            record.to_string(),
+        )
+        .unwrap();
+        std::fs::write(spool.path().join(format!("{stem}.blob")), data).unwrap();
+    };
+    // Complete; partial (killed mid-download); a data file without record.
+    write(
+        &format!("cri-imaged-spool-{dead}-00000000000000aa-0000000000000001"),
+        blob.len(),
+        &blob,
+    );
+    write(
+        &format!("cri-imaged-spool-{dead}-00000000000000aa-0000000000000002"),
+        blob.len() + 10,
+        &blob,
+    );
+    std::fs::write(
+        spool.path().join(format!(
+            "cri-imaged-spool-{dead}-00000000000000aa-0000000000000003.blob"
+        )),
+        b"orphan",
+    )
+    .unwrap();
+
+    let dir = spool.path().to_path_buf();
+    let _d = cri_imaged!()
+        .config(move |c| c.spool_dir = dir)
+        .start(&env.containerd);
+    assert!(
+        wait_for(
+            || env.containerd.has_content(&digest),
+            Duration::from_secs(10)
+        ),
+        "the spooled blob was not stored"
+    );
+    let ls = env.containerd.ctr_ok(&["content", "ls"]);
+    let line = ls.lines().find(|l| l.starts_with(&digest)).unwrap();
+    assert!(
+        line.contains("containerd.io/distribution.source.example.com=team/app"),
+        "{line}"
+    );
+    // Held by a lease that expires, until records reference it.
+    assert!(
+        leases_with_labels(&env.containerd)
+            .iter()
+            .any(|(_, l)| l.contains("containerd.io/gc.expire")),
+        "{:?}",
+        leases_with_labels(&env.containerd)
+    );
+    assert!(
+        wait_for(
+            || std::fs::read_dir(spool.path()).unwrap().next().is_none(),
+            Duration::from_secs(5)
+        ),
+        "spool files left: {:?}",
+        std::fs::read_dir(spool.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+}

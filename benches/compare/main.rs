@@ -309,6 +309,10 @@ async fn run(o: Opts) -> String {
     );
     drop(ours);
     drop(theirs);
+    // For profiling: keep the daemon's log (`COMPARE_DAEMON_LOG=<path>`).
+    if let Ok(path) = std::env::var("COMPARE_DAEMON_LOG") {
+        let _ = std::fs::write(&path, d.log_text());
+    }
     drop(d);
     drop(env);
     s

@@ -433,11 +433,14 @@ pub async fn fetch_blob_spooled(
     spool_dir: &std::path::Path,
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
+    let size = desc.size.max(0) as u64;
+    if size < DEFER_OPEN_BELOW {
+        return fetch_small_spooled(ctx, desc, labels, spool_dir, spooled).await;
+    }
     let w = match open(ctx, desc).await? {
         Opened::Exists => return Ok(Fetched::Reused),
         Opened::Open(w) => w,
     };
-    let size = desc.size.max(0) as u64;
     if w.offset > 0 && w.offset <= size {
         // An ingest an interrupted pull left half done: resume it with a
         // Range request rather than fetch it all again; or content another
@@ -451,7 +454,7 @@ pub async fn fetch_blob_spooled(
         (Some(root), false) => ingest_data_file(root, ctx.cd.namespace(), &r#ref),
         _ => None,
     };
-    let (spool, mut writer) = match direct {
+    let (spool, writer) = match direct {
         Some(data) => {
             // containerd's side of the write closes (the ingest stays, to be
             // resumed once the bytes are in).
@@ -466,6 +469,73 @@ pub async fn fetch_blob_spooled(
         }
         None => (new_spool(spool_dir)?, Some(w)),
     };
+    spool_and_store(ctx, desc, labels, spool, writer, r#ref, spooled).await
+}
+
+/// Blobs smaller than this open no write in containerd's content store while
+/// the pull runs: each open is a metadata transaction (an fsync) that the
+/// snapshot chain's Prepare and Commit would queue behind, and for small
+/// layers those transactions, not the bytes, are the pull's time. They are
+/// spooled to `spool_dir` and stored through the Write API once the pull is
+/// done. Larger blobs are downloaded straight into containerd's ingest file.
+const DEFER_OPEN_BELOW: u64 = 4 << 20;
+
+/// A small layer: downloaded into a spool of our own, its write in the
+/// content store opened only when the pull is done.
+async fn fetch_small_spooled(
+    ctx: &Arc<PullCtx>,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+    spool_dir: &std::path::Path,
+    spooled: oneshot::Sender<Arc<Spool>>,
+) -> Result<Fetched, PullError> {
+    // Here already (a read, no transaction)? Then it joins the lease, and is
+    // looked at again in case it was collected in between.
+    if ctx.cd.content_info(&desc.digest).await?.is_some() {
+        ctx.cd
+            .lease_add(&ctx.lease, LeaseResource::Content(&desc.digest))
+            .await?;
+        if ctx.cd.content_info(&desc.digest).await?.is_some() {
+            return Ok(Fetched::Reused);
+        }
+    }
+    let record = super::spool::SpoolRecord {
+        digest: desc.digest.clone(),
+        size: desc.size.max(0) as u64,
+        labels: labels.clone(),
+    };
+    let spool = Spool::create_named(spool_dir, &record).map_err(|e| {
+        PullError::local_io(
+            e.raw_os_error(),
+            format!(
+                "cannot create a download spool in {} (spool_dir): {e}",
+                spool_dir.display()
+            ),
+        )
+    })?;
+    spool_and_store(
+        ctx,
+        desc,
+        labels,
+        spool,
+        None,
+        ingest_ref(&desc.digest),
+        spooled,
+    )
+    .await
+}
+
+/// Hand `spool` to the unpack, start its store into the content store (in
+/// the background, behind the commit gate) and download into it.
+async fn spool_and_store(
+    ctx: &Arc<PullCtx>,
+    desc: &Descriptor,
+    labels: HashMap<String, String>,
+    spool: Arc<Spool>,
+    mut writer: Option<Writer>,
+    r#ref: String,
+    spooled: oneshot::Sender<Arc<Spool>>,
+) -> Result<Fetched, PullError> {
     let _ = spooled.send(spool.clone());
     // The content store write runs on its own, following the spool: the
     // pull (unpack, records) does not wait for it.

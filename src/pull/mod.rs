@@ -9,6 +9,7 @@ mod error;
 mod fetch;
 mod local;
 mod records;
+mod recover;
 mod remote;
 mod resolve;
 mod singleflight;
@@ -31,6 +32,7 @@ pub(crate) use error::retryable;
 pub use error::PullError;
 pub use fetch::commit_interrupted;
 use fetch::{BlobKey, Fetched, LayersDone};
+pub use recover::commit_spooled;
 use resolve::RegistrySource;
 pub use unpack::cleanup_interrupted;
 

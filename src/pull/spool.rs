@@ -3,6 +3,11 @@
 //! thread, the content-store writer in async code) follow it at their own
 //! pace. So a slow disk or a slow containerd cannot stall the registry
 //! connection (and trip the stall watchdog), and memory stays flat.
+//!
+//! A named spool (`Spool::create_named`) is a file that outlives a killed
+//! process, with a small JSON record beside it (digest, size, labels): the
+//! blob is stored in containerd's content store only after the pull, and a
+//! restarted cri-imaged commits what a killed one left (`recover.rs`).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -23,6 +28,8 @@ enum State {
 
 pub struct Spool {
     file: File,
+    /// A named spool's data file and its record, removed when dropped.
+    named: Option<(std::path::PathBuf, std::path::PathBuf)>,
     inner: Mutex<(u64, State)>,
     cond: Condvar,
     notify: Notify,
@@ -46,6 +53,35 @@ impl Spool {
         Ok(Spool::with_file(tempfile::tempfile_in(dir)?))
     }
 
+    /// A new spool in `dir` that survives this process if it is killed:
+    /// `cri-imaged-spool-<pid>-<instance>-<random>.blob` and its record `….json`
+    /// (`record`, written first). Both are removed when the spool is dropped.
+    pub fn create_named(dir: &Path, record: &SpoolRecord) -> io::Result<Arc<Spool>> {
+        let stem = format!(
+            "{SPOOL_PREFIX}{}-{:016x}-{:016x}",
+            std::process::id(),
+            *INSTANCE,
+            rand::random::<u64>()
+        );
+        let (data, meta) = (
+            dir.join(format!("{stem}.blob")),
+            dir.join(format!("{stem}.json")),
+        );
+        let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+        std::fs::write(&meta, json)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&data)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&meta);
+            })?;
+        let mut s = Spool::bare(file);
+        s.named = Some((data, meta));
+        Ok(Arc::new(s))
+    }
+
     /// A spool that is the file at `path` (emptied first): containerd's own
     /// ingest file, so the download lands where containerd will commit it.
     pub fn open_at(path: &Path) -> io::Result<Arc<Spool>> {
@@ -58,13 +94,18 @@ impl Spool {
     }
 
     fn with_file(file: File) -> Arc<Spool> {
-        Arc::new(Spool {
+        Arc::new(Spool::bare(file))
+    }
+
+    fn bare(file: File) -> Spool {
+        Spool {
             file,
+            named: None,
             inner: Mutex::new((0, State::Open)),
             cond: Condvar::new(),
             notify: Notify::new(),
             stored: tokio::sync::watch::channel(None).0,
-        })
+        }
     }
 
     /// The content-store write of this blob ended (`ok`: committed).
@@ -129,6 +170,31 @@ impl Spool {
     pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.file.read_at(buf, pos)
     }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some((data, meta)) = &self.named {
+            let _ = std::fs::remove_file(data);
+            let _ = std::fs::remove_file(meta);
+        }
+    }
+}
+
+/// File name prefix of named spools:
+/// `cri-imaged-spool-<pid>-<instance>-<random>.{blob,json}`.
+pub const SPOOL_PREFIX: &str = "cri-imaged-spool-";
+
+/// This process's instance, in its spools' names: a restarted cri-imaged
+/// that got its predecessor's pid still tells their spools from its own.
+pub static INSTANCE: once_cell::sync::Lazy<u64> = once_cell::sync::Lazy::new(rand::random);
+
+/// What a named spool holds: enough to commit it after a crash.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpoolRecord {
+    pub digest: String,
+    pub size: u64,
+    pub labels: std::collections::HashMap<String, String>,
 }
 
 pub struct SpoolWriter {
@@ -219,6 +285,36 @@ mod tests {
             t.join().unwrap().is_err(),
             "a dropped download fails the reader"
         );
+    }
+
+    #[test]
+    fn a_named_spool_keeps_its_files_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = SpoolRecord {
+            digest: "sha256:abc".into(),
+            size: 3,
+            labels: [("k".to_string(), "v".to_string())].into(),
+        };
+        let s = Spool::create_named(dir.path(), &rec).unwrap();
+        s.writer().write_at(b"abc", 0).unwrap();
+        let names = || {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let n = names();
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert!(n[0].starts_with(SPOOL_PREFIX) && n[0].ends_with(".blob"));
+        assert!(n[1].ends_with(".json"));
+        let back: SpoolRecord =
+            serde_json::from_slice(&std::fs::read(dir.path().join(&n[1])).unwrap()).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(std::fs::read(dir.path().join(&n[0])).unwrap(), b"abc");
+        drop(s);
+        assert!(names().is_empty());
     }
 
     #[tokio::test]

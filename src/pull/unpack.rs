@@ -334,6 +334,7 @@ async fn apply_layer(
     decoding: Option<Decoding>,
     done: oneshot::Receiver<()>,
 ) -> Result<Label, PullError> {
+    let t0 = Instant::now();
     let key = extract_key(chain_id);
     // For a remote snapshotter: the labels it may serve the layer by.
     let prepare_labels = ctx
@@ -361,6 +362,7 @@ async fn apply_layer(
         key: key.clone(),
         armed: true,
     };
+    let t1 = Instant::now();
     let target = decoding.as_ref().and_then(|_| native_target(&mounts));
     let rest = match (decoding, target) {
         (Some(d), Some(t)) => {
@@ -404,6 +406,7 @@ async fn apply_layer(
             Label::Now
         }
     };
+    let t2 = Instant::now();
     let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain_id.to_string())]);
     match ctx
         .cd
@@ -416,6 +419,14 @@ async fn apply_layer(
         Err(ContainerdError::AlreadyExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    tracing::debug!(
+        layer = index,
+        digest = %layer.digest,
+        prepare_us = (t1 - t0).as_micros() as u64,
+        write_us = (t2 - t1).as_micros() as u64,
+        commit_us = t2.elapsed().as_micros() as u64,
+        "layer unpacked"
+    );
     Ok(rest)
 }
 
@@ -512,7 +523,7 @@ pub async fn cleanup_interrupted(
 }
 
 /// Is `pid` a running cri-imaged (in our pid namespace)?
-fn pid_is_cri_imaged(pid: u32) -> bool {
+pub(super) fn pid_is_cri_imaged(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().starts_with("cri-imaged"))
         .unwrap_or(false)
