@@ -924,8 +924,11 @@ async fn spooled_blobs_a_killed_process_left_are_stored_at_start() {
     let dead = 4_194_303; // above any pid in use here
     let blob = Layer::random(64 << 10, 7).compress(Compression::Gzip);
     let digest = sha256_digest(&blob);
-    let write = |stem: &str, size: usize, data: &[u8]| {
+    let socket = env.containerd.socket.display().to_string();
+    let write = |stem: &str, size: usize, data: &[u8], containerd: &str| {
         let record = serde_json::json!({
+            "containerd": containerd,
+            "namespace": "k8s.io",
             "digest": digest,
             "size": size,
             "labels": {
@@ -940,17 +943,22 @@ async fn spooled_blobs_a_killed_process_left_are_stored_at_start() {
         .unwrap();
         std::fs::write(spool.path().join(format!("{stem}.blob")), data).unwrap();
     };
-    // Complete; partial (killed mid-download); a data file without record.
+    // Complete; partial (killed mid-download); a data file without record;
+    // one for another containerd on the host (left alone).
     write(
         &format!("cri-imaged-spool-{dead}-00000000000000aa-0000000000000001"),
         blob.len(),
         &blob,
+        &socket,
     );
     write(
         &format!("cri-imaged-spool-{dead}-00000000000000aa-0000000000000002"),
         blob.len() + 10,
         &blob,
+        &socket,
     );
+    let other = format!("cri-imaged-spool-{dead}-00000000000000aa-0000000000000004");
+    write(&other, blob.len(), &blob, "/run/other/containerd.sock");
     std::fs::write(
         spool.path().join(format!(
             "cri-imaged-spool-{dead}-00000000000000aa-0000000000000003.blob"
@@ -984,15 +992,18 @@ async fn spooled_blobs_a_killed_process_left_are_stored_at_start() {
         "{:?}",
         leases_with_labels(&env.containerd)
     );
-    assert!(
-        wait_for(
-            || std::fs::read_dir(spool.path()).unwrap().next().is_none(),
-            Duration::from_secs(5)
-        ),
-        "spool files left: {:?}",
-        std::fs::read_dir(spool.path())
+    let left = || {
+        let mut v: Vec<String> = std::fs::read_dir(spool.path())
             .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect::<Vec<_>>()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let others = vec![format!("{other}.blob"), format!("{other}.json")];
+    assert!(
+        wait_for(|| left() == others, Duration::from_secs(5)),
+        "spool files left: {:?}",
+        left()
     );
 }

@@ -98,6 +98,9 @@ async fn records_and_labels_match_containerds_own_cri() {
         .await
         .expect("our pull");
 
+    // Layer blobs reach the content store right after PullImage returns
+    // (their pull's lease goes once they are in).
+    env.containerd.leases_settled();
     let client = Client::new(&env.containerd.socket, "k8s.io");
     let addr = env.registry_addr().to_string();
     let w_theirs = written(&client, "interop/theirs", &theirs, &addr).await;

@@ -364,9 +364,10 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
         assert_eq!(pull(&mut c, &r).await.expect("pull"), img.config_digest);
     }
     // Who wrote what, from the metrics.
-    // Blobs are committed in the background once the unpack is done.
+    // Blobs are committed in the background once the unpack is done; these
+    // small ones from spools, through the Write API.
     let want_stored = format!(
-        "cri_imaged_layer_blobs_stored_total{{via=\"ingest_file\"}} {}",
+        "cri_imaged_layer_blobs_stored_total{{via=\"write_api\"}} {}",
         layers.len()
     );
     let mut m_ours = ours.metrics().await;
@@ -386,11 +387,8 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
         "{m_ours}"
     );
     assert!(
-        m_ours.contains(&format!(
-            "cri_imaged_layer_blobs_stored_total{{via=\"ingest_file\"}} {}",
-            layers.len()
-        )),
-        "downloads go straight into containerd's ingest files: {m_ours}"
+        m_ours.contains(&want_stored),
+        "small layer blobs are stored after the pull, through the Write API: {m_ours}"
     );
     assert!(
         m_theirs.contains(&format!(
@@ -540,4 +538,44 @@ async fn discard_unpacked_layers_keeps_only_snapshots() {
     );
     remove(&mut c, &r).await.expect("remove");
     assert!(status(&mut c, &r).await.is_none());
+}
+
+/// Where a layer's compressed blob goes during the pull: a small one (under
+/// 4 MiB) into a spool of our own, stored through the content Write API once
+/// the pull is done (no content-store transaction while the snapshots are
+/// being made); a large one straight into containerd's ingest file.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
+    let env = TestEnv::start();
+    let img = ImageBuilder::new()
+        .layer(Layer::random(64 << 10, 71), Compression::Gzip)
+        .layer(Layer::random(5 << 20, 72), Compression::None)
+        .build();
+    env.push("diff/sizes", Some("v1"), &img).await;
+    let d = cri_imaged!().start(&env.containerd);
+    d.wait_synced().await;
+    let mut c = d.client().await;
+    pull(&mut c, &env.image_ref("diff/sizes", "v1"))
+        .await
+        .expect("pull");
+    let want = [
+        r#"cri_imaged_layer_blobs_stored_total{via="ingest_file"} 1"#,
+        r#"cri_imaged_layer_blobs_stored_total{via="write_api"} 1"#,
+        r#"cri_imaged_layers_unpacked_total{unpacker="native"} 2"#,
+    ];
+    let mut m = d.metrics().await;
+    for _ in 0..100 {
+        if want.iter().all(|w| m.contains(w)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        m = d.metrics().await;
+    }
+    for w in want {
+        assert!(m.contains(w), "{w}:\n{m}");
+    }
+    for l in img.layer_digests() {
+        assert!(env.containerd.has_content(&l), "{l} not stored");
+    }
+    env.containerd.leases_settled();
 }

@@ -293,6 +293,38 @@ impl Containerd {
         }
     }
 
+    /// Whether `digest` is in the content store under another namespace
+    /// (reads only). containerd's default (shared) content policy lets a
+    /// write in ours adopt it without the bytes.
+    pub async fn content_in_other_namespace(&self, digest: &str) -> Result<bool> {
+        let mut n = api::namespaces_client::NamespacesClient::new(self.channel.clone());
+        let list = n
+            .list(Request::new(api::ListNamespacesRequest {
+                filter: String::new(),
+            }))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        for ns in list.namespaces {
+            if ns.name == self.namespace {
+                continue;
+            }
+            let mut c = api::content_client::ContentClient::new(self.channel.clone());
+            let mut r = Request::new(api::InfoRequest {
+                digest: digest.into(),
+            });
+            if let Ok(v) = ns.name.parse() {
+                r.metadata_mut().insert("containerd-namespace", v);
+            }
+            match c.info(r).await {
+                Ok(_) => return Ok(true),
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => return Err(self.err(s)),
+            }
+        }
+        Ok(false)
+    }
+
     /// Set labels on a blob (merging with what is there).
     pub async fn label_content(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
         let mut c = api::content_client::ContentClient::new(self.channel.clone());

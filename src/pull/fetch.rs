@@ -92,6 +92,16 @@ async fn open(ctx: &PullCtx, desc: &Descriptor) -> Result<Opened, PullError> {
         let mut stream = match res {
             Ok(s) => s,
             Err(ContainerdError::AlreadyExists(_)) => return Ok(Opened::Exists),
+            // The ref is locked by another writer (a concurrent pull in another
+            // process, or the start-up commit of an interrupted ingest):
+            // containerd refuses the call itself; wait and retry.
+            Err(ContainerdError::Unavailable { message, .. })
+                if message.contains("locked") && attempt < LOCKED_RETRIES =>
+            {
+                attempt += 1;
+                tokio::time::sleep(LOCKED_RETRY_PAUSE).await;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         match stream.message().await {
@@ -434,7 +444,9 @@ pub async fn fetch_blob_spooled(
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
     let size = desc.size.max(0) as u64;
-    if size < DEFER_OPEN_BELOW {
+    // A small blob another namespace holds goes the way of a large one: the
+    // write's open adopts it (shared content) without the bytes.
+    if size < DEFER_OPEN_BELOW && !ctx.cd.content_in_other_namespace(&desc.digest).await? {
         return fetch_small_spooled(ctx, desc, labels, spool_dir, spooled).await;
     }
     let w = match open(ctx, desc).await? {
@@ -500,6 +512,8 @@ async fn fetch_small_spooled(
         }
     }
     let record = super::spool::SpoolRecord {
+        containerd: ctx.cd.socket().display().to_string(),
+        namespace: ctx.cd.namespace().to_string(),
         digest: desc.digest.clone(),
         size: desc.size.max(0) as u64,
         labels: labels.clone(),

@@ -208,6 +208,24 @@ impl PullCtx {
     }
 }
 
+/// A task aborted when dropped (a pull that fails or is abandoned stops it).
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    /// Wait for the task to end (it is no longer aborted on drop).
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        self.0.take().expect("joined once").await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// Pulls that share one run: the same image, credentials and snapshotter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
@@ -417,6 +435,20 @@ impl Puller {
             }
         }
         let _gate = Gate(ctx.clone());
+        // The documents (config, manifest, indexes) go in while the layers
+        // come: they name the top snapshot by its chain ID, known from the
+        // config. Only the image records wait for the unpack.
+        let image = Arc::new(image);
+        let top_chain = crate::reference::chain_id(image.config.diff_ids())
+            .pop()
+            .unwrap_or_default();
+        let documents = {
+            let (ctx, image) = (ctx.clone(), image.clone());
+            let top_chain = top_chain.clone();
+            AbortOnDrop(Some(tokio::spawn(async move {
+                records::write_documents(&ctx, &image, &top_chain).await
+            })))
+        };
         let layers =
             fetch::fetch_and_unpack(self, &ctx, &image.manifest.layers, image.config.diff_ids())
                 .await?;
@@ -428,7 +460,16 @@ impl Puller {
         let t2 = Instant::now();
         let (this, reference, ctx2) = (self.clone(), reference.clone(), ctx.clone());
         tokio::spawn(async move {
-            records::write_documents(&ctx2, &image, &layers.top_chain).await?;
+            documents
+                .join()
+                .await
+                .map_err(|e| PullError::Internal(format!("documents task: {e}")))??;
+            if layers.top_chain != top_chain {
+                return Err(PullError::Internal(format!(
+                    "unpacked chain {} is not the config's {top_chain}",
+                    layers.top_chain
+                )));
+            }
             let target = image.top().desc.clone();
             this.ensure_records(&reference, &target, &image.manifest.config.digest)
                 .await?;

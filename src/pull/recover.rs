@@ -60,6 +60,12 @@ pub async fn commit_spooled(
         let record: Option<SpoolRecord> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        // Another containerd's (a second cri-imaged on this host): not ours.
+        if record.as_ref().is_some_and(|r| {
+            Path::new(&r.containerd) != cd.socket() || r.namespace != cd.namespace()
+        }) {
+            continue;
+        }
         let bytes = std::fs::read(&data).ok();
         match (record, bytes) {
             (Some(rec), Some(bytes)) if bytes.len() as u64 == rec.size => {

@@ -192,6 +192,10 @@ pub static INSTANCE: once_cell::sync::Lazy<u64> = once_cell::sync::Lazy::new(ran
 /// What a named spool holds: enough to commit it after a crash.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpoolRecord {
+    /// The containerd (socket) and namespace the blob belongs to: another
+    /// cri-imaged on the host serving another containerd leaves it alone.
+    pub containerd: String,
+    pub namespace: String,
     pub digest: String,
     pub size: u64,
     pub labels: std::collections::HashMap<String, String>,
@@ -291,6 +295,8 @@ mod tests {
     fn a_named_spool_keeps_its_files_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let rec = SpoolRecord {
+            containerd: "/run/containerd/containerd.sock".into(),
+            namespace: "k8s.io".into(),
             digest: "sha256:abc".into(),
             size: 3,
             labels: [("k".to_string(), "v".to_string())].into(),

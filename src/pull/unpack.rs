@@ -148,10 +148,9 @@ pub async fn unpack(
     for (i, ((layer, done), decoded)) in layers.iter().zip(fetched).zip(decoded).enumerate() {
         let chain_id = &chain[i];
         if needed[i] {
-            let decoding = match &starter {
-                Some(_) => decoded.await.ok(),
-                None => None,
-            };
+            // Awaited after the Prepare: the first layer's Prepare need not
+            // wait for its download to start.
+            let decoding = starter.as_ref().map(|_| decoded);
             let done = match apply_layer(
                 ctx,
                 i,
@@ -331,7 +330,7 @@ async fn apply_layer(
     diff_id: &str,
     chain_id: &str,
     parent: &str,
-    decoding: Option<Decoding>,
+    decoding: Option<oneshot::Receiver<Decoding>>,
     done: oneshot::Receiver<()>,
 ) -> Result<Label, PullError> {
     let t0 = Instant::now();
@@ -361,6 +360,10 @@ async fn apply_layer(
         ctx,
         key: key.clone(),
         armed: true,
+    };
+    let decoding = match decoding {
+        Some(rx) => rx.await.ok(),
+        None => None,
     };
     let t1 = Instant::now();
     let target = decoding.as_ref().and_then(|_| native_target(&mounts));
