@@ -86,6 +86,7 @@ pub struct Metrics {
     pub layers_unpacked_native: IntCounter,
     pub layers_unpacked_containerd: IntCounter,
     pub layers_served_remote: IntCounter,
+    pub layers_staged: IntCounter,
     /// Layer blobs the native unpack's downloads put into the content store,
     /// by way: containerd's ingest file written in place, or the Write API.
     pub blobs_stored_ingest_file: IntCounter,
@@ -205,6 +206,10 @@ impl Metrics {
         let layers_unpacked_native = layers_unpacked.with_label_values(&["native"]);
         let layers_unpacked_containerd = layers_unpacked.with_label_values(&["containerd"]);
         let layers_served_remote = layers_unpacked.with_label_values(&["remote"]);
+        let layers_staged = must(IntCounter::new(
+            "cri_imaged_layers_staged_total",
+            "Layers the native unpack wrote ahead of the snapshot chain (into a staging directory beside the snapshots) and then moved into their snapshot.",
+        ));
         let blobs_stored = must(IntCounterVec::new(
             Opts::new(
                 "cri_imaged_layer_blobs_stored_total",
@@ -265,6 +270,7 @@ impl Metrics {
             Box::new(layers_fetched.clone()),
             Box::new(layers_reused.clone()),
             Box::new(layers_unpacked.clone()),
+            Box::new(layers_staged.clone()),
             Box::new(blobs_stored.clone()),
             Box::new(blob_store_failures.clone()),
             Box::new(removals.clone()),
@@ -319,6 +325,7 @@ impl Metrics {
             layers_unpacked_native,
             layers_unpacked_containerd,
             layers_served_remote,
+            layers_staged,
             blobs_stored_ingest_file,
             blobs_stored_write_api,
             blob_store_failures,

@@ -306,6 +306,14 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
             tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
         }
     }));
+    // Layers a killed predecessor had staged (written ahead of their snapshots).
+    let root = cfg.effective_snapshotter_root();
+    v.push(tokio::task::spawn_blocking(move || {
+        let n = crate::pull::cleanup_staging(&root);
+        if n > 0 {
+            tracing::info!(removed = n, "removed layers an interrupted pull had staged");
+        }
+    }));
     // Layer blobs a killed predecessor downloaded whole but did not commit.
     let (cd, content_root, expiry) = (
         svc.store.containerd().clone(),

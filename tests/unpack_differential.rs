@@ -390,6 +390,15 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
         m_ours.contains(&want_stored),
         "small layer blobs are stored after the pull, through the Write API: {m_ours}"
     );
+    // Every layer above the first was written ahead of the chain (staged)
+    // and moved into its snapshot: the comparison below covers that path.
+    assert!(
+        m_ours.contains(&format!(
+            "cri_imaged_layers_staged_total {}",
+            layers.len() - 1
+        )),
+        "{m_ours}"
+    );
     assert!(
         m_theirs.contains(&format!(
             "cri_imaged_layers_unpacked_total{{unpacker=\"containerd\"}} {}",
@@ -478,6 +487,21 @@ async fn diff_id_mismatch_commits_nothing_and_leaves_no_active_snapshot() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(env.containerd.image_names().is_empty(), "no image record");
+    // The bad layer was written ahead into a staging directory: gone too.
+    let staging = env
+        .containerd
+        .root
+        .join("io.containerd.snapshotter.v1.overlayfs/cri-imaged-staging");
+    let empty = || {
+        std::fs::read_dir(&staging)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    };
+    assert!(
+        wait_for(empty, std::time::Duration::from_secs(10)),
+        "staged files left in {}",
+        staging.display()
+    );
 }
 
 /// `discard_unpacked_layers`: only the snapshots stay. Layer blobs never
@@ -559,6 +583,8 @@ async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
         .await
         .expect("pull");
     let want = [
+        // The second layer was written ahead of its snapshot, then moved in.
+        "cri_imaged_layers_staged_total 1",
         r#"cri_imaged_layer_blobs_stored_total{via="ingest_file"} 1"#,
         r#"cri_imaged_layer_blobs_stored_total{via="write_api"} 1"#,
         r#"cri_imaged_layers_unpacked_total{unpacker="native"} 2"#,

@@ -43,7 +43,10 @@ pub enum Whiteouts {
 pub struct ApplyOptions<'a> {
     pub whiteouts: Whiteouts,
     /// The lower layers' directories, topmost first: where a missing parent
-    /// directory takes its owner, mode, times and xattrs from.
+    /// directory takes its owner, mode, times and xattrs from. Already open
+    /// ones (`lower_fds`, a layer staged ahead of its snapshot, whose
+    /// directory may be renamed meanwhile) come before `parents`.
+    pub lower_fds: &'a [std::sync::Arc<OwnedFd>],
     pub parents: &'a [PathBuf],
     /// Set from another thread to stop between entries.
     pub cancel: Option<&'a AtomicBool>,
@@ -74,6 +77,12 @@ pub fn apply_tar(
     )
     .map_err(|e| LayerError::io("open snapshot directory", root, e))?;
     let mut parents = Vec::new();
+    for fd in opts.lower_fds {
+        parents.push(
+            fd.try_clone()
+                .map_err(|e| LayerError::io("dup lower directory", root, e))?,
+        );
+    }
     for p in opts.parents {
         let fd = rfs::open(
             p,

@@ -14,6 +14,7 @@ mod remote;
 mod resolve;
 mod singleflight;
 mod spool;
+mod stage;
 mod unpack;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ pub use fetch::commit_interrupted;
 use fetch::{BlobKey, Fetched, LayersDone};
 pub use recover::commit_spooled;
 use resolve::RegistrySource;
+pub use stage::cleanup as cleanup_staging;
 pub use unpack::cleanup_interrupted;
 
 /// Settings of the pipeline.

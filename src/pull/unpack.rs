@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::spool::Spool;
+use super::stage;
 use super::{PullCtx, PullError};
 use crate::containerd::{labels, ContainerdError, LeaseResource};
 use crate::layer::{self, LayerError, Whiteouts};
@@ -34,6 +35,19 @@ pub const EXTRACT_KEY_PREFIX: &str = "extract-crii-";
 /// Layers whose decoders may run at once (each buffers at most
 /// `DECODE_BUFFER` MiB of tar ahead of its applier).
 const DECODE_AHEAD: usize = 3;
+
+/// `DECODE_AHEAD`, or `CRI_IMAGED_DECODE_AHEAD` (1-16) for measuring what
+/// the lookahead buys (BENCHMARKS.md); not a configuration key.
+fn decode_ahead() -> usize {
+    static N: once_cell::sync::Lazy<usize> = once_cell::sync::Lazy::new(|| {
+        std::env::var("CRI_IMAGED_DECODE_AHEAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|n: usize| n.clamp(1, 16))
+            .unwrap_or(DECODE_AHEAD)
+    });
+    *N
+}
 const DECODE_BUFFER: usize = 4;
 
 /// Settings of the native unpack for one pull.
@@ -54,7 +68,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// One layer being decoded ahead of its apply.
-struct Decoding {
+pub(super) struct Decoding {
     rx: Receiver<Vec<u8>>,
     task: tokio::task::JoinHandle<Result<layer::Decoded, LayerError>>,
     cancel: CancelOnDrop,
@@ -121,7 +135,7 @@ pub async fn unpack(
         .map(|_| oneshot::channel::<Decoding>())
         .unzip();
     let starter = ctx.native.is_some().then(|| {
-        let ahead = Arc::new(Semaphore::new(DECODE_AHEAD));
+        let ahead = Arc::new(Semaphore::new(decode_ahead()));
         let jobs: Vec<_> = layers
             .iter()
             .cloned()
@@ -143,14 +157,40 @@ pub async fn unpack(
             }
         }))
     });
+    // The stager writes the needed layers ahead of the chain (stage.rs).
+    let mut sources: Vec<Source> = Vec::with_capacity(layers.len());
+    let mut stager = None;
+    if starter.is_some() {
+        let (base_tx, base_rx) = oneshot::channel();
+        let mut base_tx = Some(base_tx);
+        let mut jobs = Vec::new();
+        for (i, decoded) in decoded.into_iter().enumerate() {
+            if !needed[i] {
+                sources.push(Source::Containerd);
+                continue;
+            }
+            let (out, outcome) = oneshot::channel();
+            jobs.push(stage::Job {
+                layer: layers[i].clone(),
+                diff_id: diff_ids[i].clone(),
+                decoded,
+                out,
+            });
+            sources.push(Source::Stager {
+                outcome,
+                base: base_tx.take(),
+            });
+        }
+        stager = Some(AbortOnDrop(tokio::spawn(stage::run(base_rx, jobs))));
+    } else {
+        sources.extend(layers.iter().map(|_| Source::Containerd));
+    }
     let mut labelling = Vec::new();
     let mut parent = String::new();
-    for (i, ((layer, done), decoded)) in layers.iter().zip(fetched).zip(decoded).enumerate() {
+    for (i, ((layer, done), source)) in layers.iter().zip(fetched).zip(sources).enumerate() {
         let chain_id = &chain[i];
         if needed[i] {
-            // Awaited after the Prepare: the first layer's Prepare need not
-            // wait for its download to start.
-            let decoding = starter.as_ref().map(|_| decoded);
+            let decoding = source;
             let done = match apply_layer(
                 ctx,
                 i,
@@ -201,6 +241,7 @@ pub async fn unpack(
         }
         parent = chain_id.clone();
     }
+    drop(stager);
     for l in labelling {
         l.await
             .map_err(|e| PullError::Internal(format!("labelling task: {e}")))??;
@@ -249,9 +290,9 @@ impl Drop for Active<'_> {
 /// Where a prepared snapshot's files go, from the mounts Prepare returned.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Target {
-    upper: PathBuf,
-    lowers: Vec<PathBuf>,
-    whiteouts: Whiteouts,
+    pub upper: PathBuf,
+    pub lowers: Vec<PathBuf>,
+    pub whiteouts: Whiteouts,
 }
 
 /// The overlayfs snapshotter's mounts: a bind of the (empty) directory for a
@@ -296,6 +337,18 @@ fn layer_error(e: LayerError) -> PullError {
     }
 }
 
+/// Who writes a layer's files.
+enum Source {
+    /// containerd's diff service, from the content store.
+    Containerd,
+    /// The stager (stage.rs); the chain's first layer also tells it where
+    /// its snapshot is (`base`).
+    Stager {
+        outcome: oneshot::Receiver<stage::StageOutcome>,
+        base: Option<oneshot::Sender<Option<stage::Base>>>,
+    },
+}
+
 /// When a layer's blob gets its `containerd.io/uncompressed` label.
 enum Label {
     /// Now: it is in the content store.
@@ -330,7 +383,7 @@ async fn apply_layer(
     diff_id: &str,
     chain_id: &str,
     parent: &str,
-    decoding: Option<oneshot::Receiver<Decoding>>,
+    source: Source,
     done: oneshot::Receiver<()>,
 ) -> Result<Label, PullError> {
     let t0 = Instant::now();
@@ -361,19 +414,54 @@ async fn apply_layer(
         key: key.clone(),
         armed: true,
     };
-    let decoding = match decoding {
-        Some(rx) => rx.await.ok(),
-        None => None,
+    let target = native_target(&mounts);
+    // Written by the stager (ahead of this Prepare), or here.
+    let (staged, decoding) = match source {
+        Source::Containerd => (None, None),
+        Source::Stager { outcome, base } => {
+            if let Some(tx) = base {
+                let _ = tx.send(target.as_ref().map(stage::Base::of));
+            }
+            match outcome.await {
+                Ok(stage::StageOutcome::Applied(dir)) => (Some(dir), None),
+                Ok(stage::StageOutcome::Declined(d)) => (None, d),
+                Ok(stage::StageOutcome::Failed(e)) => return Err(e),
+                Err(_) => (None, None),
+            }
+        }
     };
     let t1 = Instant::now();
-    let target = decoding.as_ref().and_then(|_| native_target(&mounts));
-    let rest = match (decoding, target) {
-        (Some(d), Some(t)) => {
-            apply_native(layer, diff_id, d, t).await?;
+    let staged = match (staged, &target) {
+        // Written straight into this snapshot (the chain's first layer).
+        (Some(None), _) => Some(true),
+        (Some(Some(dir)), Some(t)) if dir.fits(t) => {
+            dir.move_into(&t.upper).map_err(|e| {
+                PullError::local_io(
+                    e.raw_os_error(),
+                    format!("move a staged layer into {}: {e}", t.upper.display()),
+                )
+            })?;
+            ctx.metrics.layers_staged.inc();
+            Some(true)
+        }
+        // Staged against other lower layers than the snapshot has: dropped.
+        (Some(Some(_)), _) => {
+            tracing::debug!(layer = %layer.digest, "staged layer does not fit the prepared snapshot; containerd applies it");
+            Some(false)
+        }
+        (None, _) => None,
+    };
+    let rest = match (staged, decoding, target) {
+        (Some(true), _, _) => {
             ctx.metrics.layers_unpacked_native.inc();
             Label::AtCommit
         }
-        (decoding, _) => {
+        (None, Some(d), Some(t)) => {
+            apply_native(layer, diff_id, d, t, Vec::new()).await?;
+            ctx.metrics.layers_unpacked_native.inc();
+            Label::AtCommit
+        }
+        (_, decoding, _) => {
             if decoding.is_some() && !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     snapshotter = %ctx.snapshotter,
@@ -436,11 +524,12 @@ async fn apply_layer(
 /// The decoder thread (already running) feeds an applier thread writing the
 /// snapshot's directory; both checks (blob digest, diff ID) pass before this
 /// returns Ok.
-async fn apply_native(
+pub(super) async fn apply_native(
     layer: &Descriptor,
     diff_id: &str,
     d: Decoding,
     t: Target,
+    lower_fds: Vec<Arc<std::os::fd::OwnedFd>>,
 ) -> Result<(), PullError> {
     let Decoding {
         rx,
@@ -455,6 +544,7 @@ async fn apply_native(
             layer::DecodedReader::new(rx),
             &layer::ApplyOptions {
                 whiteouts: t.whiteouts,
+                lower_fds: &lower_fds,
                 parents: &t.lowers,
                 cancel: Some(&flag),
             },

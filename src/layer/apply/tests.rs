@@ -102,6 +102,7 @@ fn apply_with(
         root,
         tar,
         &ApplyOptions {
+            lower_fds: &[],
             whiteouts: w,
             parents,
             cancel: None,
