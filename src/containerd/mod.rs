@@ -418,6 +418,23 @@ impl Containerd {
         Ok(r.into_inner())
     }
 
+    /// A whole write (its requests end with a Commit), run to its end: Ok
+    /// once containerd has committed it (AlreadyExists: it was there).
+    pub async fn write_to_end(
+        &self,
+        requests: impl Stream<Item = api::WriteContentRequest> + Send + 'static,
+        lease: Option<&str>,
+    ) -> Result<()> {
+        let mut stream = self.write_stream(requests, lease).await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(self.err(s)),
+            }
+        }
+    }
+
     pub fn map_status(&self, s: Status) -> ContainerdError {
         self.err(s)
     }

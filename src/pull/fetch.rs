@@ -745,26 +745,10 @@ pub async fn commit_interrupted(
                 .await;
         }
         drop(tx);
-        let mut stream = match cd
-            .write_stream(ReceiverStream::new(rx), lease_id.as_deref())
+        match cd
+            .write_to_end(ReceiverStream::new(rx), lease_id.as_deref())
             .await
         {
-            Ok(s) => s,
-            Err(ContainerdError::AlreadyExists(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        let mut result = Ok(());
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(s) => {
-                    result = Err(cd.map_status(s));
-                    break;
-                }
-            }
-        }
-        match result {
             Ok(()) => {
                 done += 1;
                 tracing::info!(%digest, "committed a layer blob an interrupted pull left in containerd's ingest");

@@ -137,22 +137,7 @@ async fn store(
                 .await;
         })
     };
-    let mut stream = match cd.write_stream(ReceiverStream::new(rx), lease).await {
-        Ok(s) => s,
-        Err(ContainerdError::AlreadyExists(_)) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut result = Ok(());
-    loop {
-        match stream.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(s) => {
-                result = Err(cd.map_status(s));
-                break;
-            }
-        }
-    }
+    let result = cd.write_to_end(ReceiverStream::new(rx), lease).await;
     sender.abort();
     match result {
         Err(ContainerdError::AlreadyExists(_)) => Ok(()),

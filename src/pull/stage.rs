@@ -119,9 +119,7 @@ fn staging_root(upper: &Path) -> Option<PathBuf> {
 }
 
 fn dir_id(fd: &OwnedFd) -> Option<(u64, u64)> {
-    rustix::fs::fstat(fd)
-        .ok()
-        .map(|st| (st.st_dev, st.st_ino))
+    rustix::fs::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
