@@ -102,11 +102,15 @@ pub struct Daemon {
 }
 
 pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
-    // Small layers are spooled here during every pull: it must be writable
-    // (created if missing), else the start fails with the reason.
-    let spool_dir = cfg.effective_spool_dir();
-    std::fs::create_dir_all(&spool_dir)
-        .map_err(|e| anyhow::anyhow!("spool_dir {}: cannot create it: {e}", spool_dir.display()))?;
+    // With the native unpack, small layers are spooled here during every
+    // pull: it must be writable (created if missing), else the start fails
+    // with the reason.
+    if cfg.unpacker == crate::config::Unpacker::Auto {
+        let spool_dir = cfg.effective_spool_dir();
+        std::fs::create_dir_all(&spool_dir).map_err(|e| {
+            anyhow::anyhow!("spool_dir {}: cannot create it: {e}", spool_dir.display())
+        })?;
+    }
     let cd = Containerd::new(&cfg.containerd_address, &cfg.containerd_namespace);
     let matcher = Matcher::new(cfg.node_platforms()?, cfg.strict_platform);
     let metrics = Metrics::new();

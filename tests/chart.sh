@@ -386,6 +386,24 @@ check_manifest() {
 check_manifest "$MANIFEST"
 check_manifest manifests/cri-imaged-pod-mode.yaml --set mode=pod
 
+# Where downloads wait: the host service spools in its StateDirectory; the
+# pod (read-only snapshotter root, a 16Mi in-memory /tmp) leaves every layer
+# to containerd and spools nothing.
+run "config: host mode spools in /var/lib/cri-imaged/spool; pod mode renders unpacker: containerd" "$PY" - "$MANIFEST" manifests/cri-imaged-pod-mode.yaml packaging/systemd/cri-imaged.service <<'PY'
+import sys, yaml
+def cfg(path):
+    for d in yaml.safe_load_all(open(path)):
+        if d and d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {}):
+            return yaml.safe_load(d["data"]["config.yaml"])
+    sys.exit(f"{path}: no config.yaml")
+host, pod = cfg(sys.argv[1]), cfg(sys.argv[2])
+assert host["unpacker"] == "auto", host
+assert host["spool_dir"] == "/var/lib/cri-imaged/spool", host
+assert "StateDirectory=cri-imaged" in open(sys.argv[3]).read(), "the unit must create /var/lib/cri-imaged"
+assert pod["unpacker"] == "containerd" and pod["spool_dir"] == "", pod
+print("host:", host["unpacker"], host["spool_dir"], "| pod:", pod["unpacker"], repr(pod["spool_dir"]))
+PY
+
 # Host mode: the pod installs and watches the host service; pod mode runs it.
 "$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" >"$WORK/host.yaml"
 "$HELM" template cri-imaged "$CHART" --namespace kube-system "${IMG[@]}" --set mode=pod >"$WORK/pod.yaml"

@@ -68,6 +68,13 @@ registry_config_path pointing at the mirrors ConfigMap when registryMirrors is s
 {{- if .Values.registryMirrors }}
 {{- $_ := set $cfg "registry_config_path" .Values.registryMirrorsPath }}
 {{- end }}
+{{- if eq .Values.mode "pod" }}
+{{- /* The pod mounts the snapshotter root read-only: containerd writes every
+layer, and downloads stream straight into its content store (no spool in the
+pod's small in-memory /tmp). */}}
+{{- $_ := set $cfg "unpacker" "containerd" }}
+{{- $_ := set $cfg "spool_dir" "" }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 
