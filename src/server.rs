@@ -323,34 +323,21 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
             tracing::info!(removed = n, "removed layers an interrupted pull had staged");
         }
     }));
-    // Layer blobs a killed predecessor downloaded whole but did not commit.
-    let (cd, content_root, expiry) = (
+    // Layer blobs a killed predecessor downloaded whole (into containerd's
+    // ingest, or into a spool) but did not get to commit.
+    let (cd, content_root, spool_dir, expiry) = (
         svc.store.containerd().clone(),
         cfg.containerd_root.join("io.containerd.content.v1.content"),
-        cfg.lease_expiry,
-    );
-    v.push(tokio::spawn(async move {
-        for _ in 0..CLEANUP_ATTEMPTS {
-            match crate::pull::commit_interrupted(&cd, &content_root, expiry).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "commit of interrupted blob writes: retrying")
-                }
-            }
-            tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
-        }
-    }));
-    // Small layer blobs a killed predecessor spooled but did not store.
-    let (cd, spool_dir, expiry) = (
-        svc.store.containerd().clone(),
         cfg.effective_spool_dir(),
         cfg.lease_expiry,
     );
     v.push(tokio::spawn(async move {
         for _ in 0..CLEANUP_ATTEMPTS {
-            match crate::pull::commit_spooled(&cd, &spool_dir, expiry).await {
+            match crate::pull::repair_at_start(&cd, &content_root, &spool_dir, expiry).await {
                 Ok(_) => return,
-                Err(e) => tracing::debug!(error = %e, "commit of spooled blobs: retrying"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "commit of interrupted blob writes: retrying")
+                }
             }
             tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
         }

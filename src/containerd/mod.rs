@@ -143,9 +143,13 @@ impl Containerd {
     }
 
     fn req<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
+        Self::req_in(&self.namespace, msg, lease)
+    }
+
+    fn req_in<T>(namespace: &str, msg: T, lease: Option<&str>) -> Request<T> {
         let mut r = Request::new(msg);
         let md = r.metadata_mut();
-        if let Ok(v) = self.namespace.parse() {
+        if let Ok(v) = namespace.parse() {
             md.insert("containerd-namespace", v);
         }
         if let Some(l) = lease {
@@ -293,10 +297,8 @@ impl Containerd {
         }
     }
 
-    /// Whether `digest` is in the content store under another namespace
-    /// (reads only). containerd's default (shared) content policy lets a
-    /// write in ours adopt it without the bytes.
-    pub async fn content_in_other_namespace(&self, digest: &str) -> Result<bool> {
+    /// Every namespace but ours.
+    pub async fn other_namespaces(&self) -> Result<Vec<String>> {
         let mut n = api::namespaces_client::NamespacesClient::new(self.channel.clone());
         let list = n
             .list(Request::new(api::ListNamespacesRequest {
@@ -305,24 +307,29 @@ impl Containerd {
             .await
             .map_err(|s| self.err(s))?
             .into_inner();
-        for ns in list.namespaces {
-            if ns.name == self.namespace {
-                continue;
-            }
-            let mut c = api::content_client::ContentClient::new(self.channel.clone());
-            let mut r = Request::new(api::InfoRequest {
+        Ok(list
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .filter(|n| *n != self.namespace)
+            .collect())
+    }
+
+    /// Whether `digest` is in the content store under `namespace` (a read).
+    pub async fn content_exists_in(&self, namespace: &str, digest: &str) -> Result<bool> {
+        let mut c = api::content_client::ContentClient::new(self.channel.clone());
+        let r = Self::req_in(
+            namespace,
+            api::InfoRequest {
                 digest: digest.into(),
-            });
-            if let Ok(v) = ns.name.parse() {
-                r.metadata_mut().insert("containerd-namespace", v);
-            }
-            match c.info(r).await {
-                Ok(_) => return Ok(true),
-                Err(s) if s.code() == Code::NotFound => {}
-                Err(s) => return Err(self.err(s)),
-            }
+            },
+            None,
+        );
+        match c.info(r).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(self.err(s)),
         }
-        Ok(false)
     }
 
     /// Set labels on a blob (merging with what is there).

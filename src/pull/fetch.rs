@@ -444,10 +444,22 @@ pub async fn fetch_blob_spooled(
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
     let size = desc.size.max(0) as u64;
-    // A small blob another namespace holds goes the way of a large one: the
-    // write's open adopts it (shared content) without the bytes.
-    if size < DEFER_OPEN_BELOW && !ctx.cd.content_in_other_namespace(&desc.digest).await? {
-        return fetch_small_spooled(ctx, desc, labels, spool_dir, spooled).await;
+    if size < DEFER_OPEN_BELOW {
+        // Here already (a read, no transaction)? Then it joins the lease, and
+        // is looked at again in case it was collected in between.
+        if ctx.cd.content_info(&desc.digest).await?.is_some() {
+            ctx.cd
+                .lease_add(&ctx.lease, LeaseResource::Content(&desc.digest))
+                .await?;
+            if ctx.cd.content_info(&desc.digest).await?.is_some() {
+                return Ok(Fetched::Reused);
+            }
+        }
+        // One another namespace holds goes the way of a large blob: the
+        // write's open adopts it (shared content) without the bytes.
+        if !ctx.content_elsewhere(&desc.digest).await? {
+            return fetch_small_spooled(ctx, desc, labels, spool_dir, spooled).await;
+        }
     }
     let w = match open(ctx, desc).await? {
         Opened::Exists => return Ok(Fetched::Reused),
@@ -501,16 +513,6 @@ async fn fetch_small_spooled(
     spool_dir: &std::path::Path,
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
-    // Here already (a read, no transaction)? Then it joins the lease, and is
-    // looked at again in case it was collected in between.
-    if ctx.cd.content_info(&desc.digest).await?.is_some() {
-        ctx.cd
-            .lease_add(&ctx.lease, LeaseResource::Content(&desc.digest))
-            .await?;
-        if ctx.cd.content_info(&desc.digest).await?.is_some() {
-            return Ok(Fetched::Reused);
-        }
-    }
     let record = super::spool::SpoolRecord {
         containerd: ctx.cd.socket().display().to_string(),
         namespace: ctx.cd.namespace().to_string(),
@@ -672,99 +674,6 @@ async fn store_from_spool(
     sink.finish(desc, labels, ctx).await
 }
 
-/// Commit the layer blobs a killed predecessor downloaded whole into
-/// containerd's ingest files but did not get to commit (its pull had
-/// returned: the image runs, its content is incomplete). containerd re-reads
-/// and verifies each one. The commits are held by a lease of `expiry` (as
-/// the ingests were by the dead pull's): a pull that was killed before its
-/// records finds its blobs there when it is retried. Runs at start; returns
-/// how many were committed.
-pub async fn commit_interrupted(
-    cd: &crate::containerd::Containerd,
-    content_root: &std::path::Path,
-    expiry: Duration,
-) -> Result<usize, ContainerdError> {
-    let prefix = format!("{}/", cd.namespace());
-    let mut done = 0;
-    let Ok(dirs) = std::fs::read_dir(content_root.join("ingest")) else {
-        return Ok(0);
-    };
-    let mut lease: Option<crate::containerd::Lease> = None;
-    for e in dirs.flatten() {
-        let p = e.path();
-        let Ok(backend) = std::fs::read_to_string(p.join("ref")) else {
-            continue;
-        };
-        // <namespace>/<sequence>/cri-imaged-<digest>
-        let Some(rest) = backend.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some((_, r#ref)) = rest.split_once('/') else {
-            continue;
-        };
-        let Some(digest) = r#ref.strip_prefix("cri-imaged-") else {
-            continue;
-        };
-        let total: Option<i64> = std::fs::read_to_string(p.join("total"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok());
-        let len = std::fs::metadata(p.join("data")).map(|m| m.len() as i64);
-        let (Some(total), Ok(len)) = (total, len) else {
-            continue;
-        };
-        if total <= 0 || len != total {
-            continue; // partial: a later pull resumes it with a Range request
-        }
-        if lease.is_none() {
-            lease = Some(
-                crate::containerd::Lease::create(
-                    cd,
-                    crate::containerd::LeaseKind::Flat,
-                    expiry,
-                    crate::containerd::OnDrop::Expire,
-                )
-                .await?,
-            );
-        }
-        let lease_id = lease.as_ref().map(|l| l.id().to_string());
-        let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
-        for action in [WriteAction::Stat, WriteAction::Commit] {
-            let _ = tx
-                .send(WriteContentRequest {
-                    action: action as i32,
-                    r#ref: r#ref.to_string(),
-                    offset: if action == WriteAction::Commit {
-                        total
-                    } else {
-                        0
-                    },
-                    total,
-                    expected: digest.to_string(),
-                    ..Default::default()
-                })
-                .await;
-        }
-        drop(tx);
-        match cd
-            .write_to_end(ReceiverStream::new(rx), lease_id.as_deref())
-            .await
-        {
-            Ok(()) => {
-                done += 1;
-                tracing::info!(%digest, "committed a layer blob an interrupted pull left in containerd's ingest");
-            }
-            Err(ContainerdError::AlreadyExists(_)) => {}
-            Err(ContainerdError::Unavailable { message, socket }) => {
-                return Err(ContainerdError::Unavailable { message, socket })
-            }
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "cannot commit a layer blob an interrupted pull left")
-            }
-        }
-    }
-    Ok(done)
-}
-
 /// A spool file error: a full disk is RESOURCE_EXHAUSTED, as everywhere else.
 fn spool_io_error(what: &str, e: std::io::Error) -> PullError {
     PullError::local_io(e.raw_os_error(), format!("{what}: {e}"))
@@ -830,8 +739,6 @@ pub(super) struct LayersDone {
     pub fetch: Duration,
     /// Unpack time after the last byte arrived.
     pub unpack: Duration,
-    /// Chain ID of the top layer ("" without layers).
-    pub top_chain: String,
 }
 
 /// Fetch every layer into the content store (bounded per pull and globally)
@@ -841,14 +748,12 @@ pub(super) async fn fetch_and_unpack(
     ctx: &Arc<PullCtx>,
     layers: &[Descriptor],
     diff_ids: &[String],
+    chain: &[String],
 ) -> Result<LayersDone, PullError> {
     let start = Instant::now();
     // A remote snapshotter may serve the bottom layers: those are not fetched.
     let served = match &ctx.remote {
-        Some(r) => {
-            let chain = crate::reference::chain_id(diff_ids);
-            super::remote::probe(ctx, &r.image, layers, &chain).await?
-        }
+        Some(r) => super::remote::probe(ctx, &r.image, layers, chain).await?,
         None => 0,
     };
     ctx.metrics.layers_served_remote.inc_by(served as u64);
@@ -907,10 +812,10 @@ pub(super) async fn fetch_and_unpack(
         let r = try_join_all(fetches).await?;
         Ok::<_, PullError>((r, start.elapsed()))
     };
-    let unpacking = unpack::unpack(ctx, layers, diff_ids, arrivals, spools);
+    let unpacking = unpack::unpack(ctx, layers, diff_ids, chain, arrivals, spools);
     // On failure the lease stays until it expires so a retry resumes; what
     // was written is collected by containerd's GC after that.
-    let ((fetched, fetch), (top_chain, unpack_done)) = try_join(fetch_all, unpacking).await?;
+    let ((fetched, fetch), unpack_done) = try_join(fetch_all, unpacking).await?;
     let downloaded = fetched.iter().filter(|f| f.downloaded()).count();
     Ok(LayersDone {
         downloaded,
@@ -918,7 +823,6 @@ pub(super) async fn fetch_and_unpack(
         remote: served,
         fetch,
         unpack: unpack_done.saturating_sub(fetch),
-        top_chain,
     })
 }
 

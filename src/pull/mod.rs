@@ -31,9 +31,8 @@ use crate::select::Selected;
 use crate::store::Store;
 pub(crate) use error::retryable;
 pub use error::PullError;
-pub use fetch::commit_interrupted;
 use fetch::{BlobKey, Fetched, LayersDone};
-pub use recover::commit_spooled;
+pub use recover::at_start as repair_at_start;
 use resolve::RegistrySource;
 pub use stage::cleanup as cleanup_staging;
 pub use unpack::cleanup_interrupted;
@@ -141,6 +140,8 @@ pub(crate) struct PullCtx {
     pub commit_gate: tokio::sync::watch::Sender<bool>,
     /// Set when Prepare carries the labels remote snapshotters read.
     pub remote: Option<RemotePull>,
+    /// containerd's other namespaces, listed once per pull when needed.
+    pub other_namespaces: tokio::sync::OnceCell<Vec<String>>,
 }
 
 /// What a remote snapshotter is told about this pull's layers.
@@ -150,6 +151,21 @@ pub(crate) struct RemotePull {
 }
 
 impl PullCtx {
+    /// Whether another namespace holds `digest` (shared content: a write in
+    /// ours adopts it without the bytes). Reads only.
+    pub async fn content_elsewhere(&self, digest: &str) -> Result<bool, PullError> {
+        let others = self
+            .other_namespaces
+            .get_or_try_init(|| self.cd.other_namespaces())
+            .await?;
+        for ns in others {
+            if self.cd.content_exists_in(ns, digest).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn open_commit_gate(&self) {
         self.commit_gate.send_replace(true);
     }
@@ -189,6 +205,7 @@ impl PullCtx {
             content_root: puller.cfg.content_root.clone(),
             background: Default::default(),
             commit_gate: tokio::sync::watch::channel(false).0,
+            other_namespaces: Default::default(),
             remote: puller
                 .cfg
                 .snapshot_annotations
@@ -211,9 +228,13 @@ impl PullCtx {
 }
 
 /// A task aborted when dropped (a pull that fails or is abandoned stops it).
-struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+pub(crate) struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
 
-impl<T> AbortOnDrop<T> {
+impl<T: Send + 'static> AbortOnDrop<T> {
+    pub(crate) fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        AbortOnDrop(Some(tokio::spawn(f)))
+    }
+
     /// Wait for the task to end (it is no longer aborted on drop).
     async fn join(mut self) -> Result<T, tokio::task::JoinError> {
         self.0.take().expect("joined once").await
@@ -441,19 +462,22 @@ impl Puller {
         // come: they name the top snapshot by its chain ID, known from the
         // config. Only the image records wait for the unpack.
         let image = Arc::new(image);
-        let top_chain = crate::reference::chain_id(image.config.diff_ids())
-            .pop()
-            .unwrap_or_default();
+        let chain = crate::reference::chain_id(image.config.diff_ids());
         let documents = {
             let (ctx, image) = (ctx.clone(), image.clone());
-            let top_chain = top_chain.clone();
-            AbortOnDrop(Some(tokio::spawn(async move {
-                records::write_documents(&ctx, &image, &top_chain).await
-            })))
+            let top_chain = chain.last().cloned().unwrap_or_default();
+            AbortOnDrop::spawn(
+                async move { records::write_documents(&ctx, &image, &top_chain).await },
+            )
         };
-        let layers =
-            fetch::fetch_and_unpack(self, &ctx, &image.manifest.layers, image.config.diff_ids())
-                .await?;
+        let layers = fetch::fetch_and_unpack(
+            self,
+            &ctx,
+            &image.manifest.layers,
+            image.config.diff_ids(),
+            &chain,
+        )
+        .await?;
         report.layers(&layers);
         self.metrics.phase("fetch", report.fetch.as_secs_f64());
         self.metrics.phase("unpack", report.unpack.as_secs_f64());
@@ -466,12 +490,6 @@ impl Puller {
                 .join()
                 .await
                 .map_err(|e| PullError::Internal(format!("documents task: {e}")))??;
-            if layers.top_chain != top_chain {
-                return Err(PullError::Internal(format!(
-                    "unpacked chain {} is not the config's {top_chain}",
-                    layers.top_chain
-                )));
-            }
             let target = image.top().desc.clone();
             this.ensure_records(&reference, &target, &image.manifest.config.digest)
                 .await?;

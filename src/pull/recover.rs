@@ -1,8 +1,9 @@
-//! At start: commit the layer blobs a killed cri-imaged had downloaded into
-//! named spools (small layers, stored only after their pull) but not yet
-//! stored in containerd's content store. The image they belong to may already
-//! run from its snapshots; this makes its content complete again. containerd
-//! verifies each blob's digest on commit.
+//! At start: commit the layer blobs a killed cri-imaged had downloaded but not
+//! yet stored in containerd's content store, whole in containerd's ingest
+//! files (large layers) or in named spools (small layers, stored only after
+//! their pull). The image they belong to may already run from its snapshots;
+//! this makes its content complete again. containerd verifies each blob's
+//! digest on commit.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,11 +16,132 @@ use crate::containerd::{Containerd, ContainerdError, Lease, LeaseKind, OnDrop};
 
 const CHUNK: usize = 1 << 20;
 
+/// Both repairs, once; returns how many blobs were committed.
+pub async fn at_start(
+    cd: &Containerd,
+    content_root: &Path,
+    spool_dir: &Path,
+    expiry: Duration,
+) -> Result<usize, ContainerdError> {
+    Ok(commit_interrupted(cd, content_root, expiry).await?
+        + commit_spooled(cd, spool_dir, expiry).await?)
+}
+
+/// The lease holding repaired blobs (as the dead pull's held them, with an
+/// expiry): created when the first blob needs it.
+struct RepairLease {
+    expiry: Duration,
+    lease: Option<Lease>,
+}
+
+impl RepairLease {
+    fn new(expiry: Duration) -> RepairLease {
+        RepairLease {
+            expiry,
+            lease: None,
+        }
+    }
+
+    async fn id(&mut self, cd: &Containerd) -> Result<String, ContainerdError> {
+        if self.lease.is_none() {
+            self.lease =
+                Some(Lease::create(cd, LeaseKind::Flat, self.expiry, OnDrop::Expire).await?);
+        }
+        Ok(self
+            .lease
+            .as_ref()
+            .map(|l| l.id().to_string())
+            .unwrap_or_default())
+    }
+}
+
+/// Commit the layer blobs a killed predecessor downloaded whole into
+/// containerd's ingest files but did not get to commit (its pull had
+/// returned: the image runs, its content is incomplete). containerd re-reads
+/// and verifies each one. The commits are held by a lease of `expiry` (as
+/// the ingests were by the dead pull's): a pull that was killed before its
+/// records finds its blobs there when it is retried. Runs at start; returns
+/// how many were committed.
+async fn commit_interrupted(
+    cd: &Containerd,
+    content_root: &Path,
+    expiry: Duration,
+) -> Result<usize, ContainerdError> {
+    let prefix = format!("{}/", cd.namespace());
+    let mut done = 0;
+    let Ok(dirs) = std::fs::read_dir(content_root.join("ingest")) else {
+        return Ok(0);
+    };
+    let mut lease = RepairLease::new(expiry);
+    for e in dirs.flatten() {
+        let p = e.path();
+        let Ok(backend) = std::fs::read_to_string(p.join("ref")) else {
+            continue;
+        };
+        // <namespace>/<sequence>/cri-imaged-<digest>
+        let Some(rest) = backend.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((_, r#ref)) = rest.split_once('/') else {
+            continue;
+        };
+        let Some(digest) = r#ref.strip_prefix("cri-imaged-") else {
+            continue;
+        };
+        let total: Option<i64> = std::fs::read_to_string(p.join("total"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let len = std::fs::metadata(p.join("data")).map(|m| m.len() as i64);
+        let (Some(total), Ok(len)) = (total, len) else {
+            continue;
+        };
+        if total <= 0 || len != total {
+            continue; // partial: a later pull resumes it with a Range request
+        }
+        let lease_id = lease.id(cd).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(2);
+        for action in [WriteAction::Stat, WriteAction::Commit] {
+            let _ = tx
+                .send(WriteContentRequest {
+                    action: action as i32,
+                    r#ref: r#ref.to_string(),
+                    offset: if action == WriteAction::Commit {
+                        total
+                    } else {
+                        0
+                    },
+                    total,
+                    expected: digest.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        drop(tx);
+        match cd
+            .write_to_end(ReceiverStream::new(rx), Some(&lease_id))
+            .await
+        {
+            Ok(()) => {
+                done += 1;
+                tracing::info!(%digest, "committed a layer blob an interrupted pull left in containerd's ingest");
+            }
+            Err(ContainerdError::AlreadyExists(_)) => {}
+            Err(ContainerdError::Unavailable { message, socket }) => {
+                return Err(ContainerdError::Unavailable { message, socket })
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot commit a layer blob an interrupted pull left")
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// Commit every complete spool a dead process left in `spool_dir` and remove
 /// the spool files (partial ones too). The commits are held by a lease of
 /// `expiry`, as the blobs were by the dead pull's: a pull killed before its
 /// records finds them there when it is retried. Returns how many were stored.
-pub async fn commit_spooled(
+async fn commit_spooled(
     cd: &Containerd,
     spool_dir: &Path,
     expiry: Duration,
@@ -28,7 +150,7 @@ pub async fn commit_spooled(
         return Ok(0);
     };
     let me = std::process::id();
-    let mut lease: Option<Lease> = None;
+    let mut lease = RepairLease::new(expiry);
     let mut stored = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -69,11 +191,8 @@ pub async fn commit_spooled(
         let bytes = std::fs::read(&data).ok();
         match (record, bytes) {
             (Some(rec), Some(bytes)) if bytes.len() as u64 == rec.size => {
-                if lease.is_none() {
-                    lease = Some(Lease::create(cd, LeaseKind::Flat, expiry, OnDrop::Expire).await?);
-                }
-                let lease_id = lease.as_ref().map(|l| l.id().to_string());
-                match store(cd, &rec, bytes, lease_id.as_deref()).await {
+                let lease_id = lease.id(cd).await?;
+                match store(cd, &rec, bytes, Some(&lease_id)).await {
                     Ok(()) => {
                         stored += 1;
                         tracing::info!(digest = %rec.digest, "stored a layer blob an interrupted pull had spooled");

@@ -32,23 +32,6 @@ use crate::manifest::Descriptor;
 /// `<pid>-<random>`.
 pub const STAGING_DIR: &str = "cri-imaged-staging";
 
-/// What the chain's first layer was prepared as.
-pub struct Base {
-    pub upper: PathBuf,
-    pub lowers: Vec<PathBuf>,
-    pub whiteouts: Whiteouts,
-}
-
-impl Base {
-    pub fn of(t: &Target) -> Base {
-        Base {
-            upper: t.upper.clone(),
-            lowers: t.lowers.clone(),
-            whiteouts: t.whiteouts,
-        }
-    }
-}
-
 /// A layer written into a staging directory; removed unless moved into its
 /// snapshot.
 pub struct StagedDir {
@@ -146,10 +129,10 @@ fn make_staging_dir(root: &Path) -> std::io::Result<PathBuf> {
     Ok(p)
 }
 
-/// Run the stager: `base` arrives once the chain's first layer is prepared
-/// (None: it cannot be written natively); `jobs` are that layer and those
+/// Run the stager: `base` (where the chain's first layer goes) arrives once
+/// that layer is prepared (None: it cannot be written natively); `jobs` are that layer and those
 /// above it, in order.
-pub async fn run(base: oneshot::Receiver<Option<Base>>, jobs: Vec<Job>) {
+pub async fn run(base: oneshot::Receiver<Option<Target>>, jobs: Vec<Job>) {
     let base = base.await.ok().flatten();
     let staging = base.as_ref().and_then(|b| staging_root(&b.upper));
     // The directories written so far (topmost first), held open.

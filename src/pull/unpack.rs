@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::spool::Spool;
 use super::stage;
-use super::{PullCtx, PullError};
+use super::{AbortOnDrop, PullCtx, PullError};
 use crate::containerd::{labels, ContainerdError, LeaseResource};
 use crate::layer::{self, LayerError, Whiteouts};
 use crate::manifest::Descriptor;
@@ -92,17 +92,17 @@ fn start_decoder(spool: Arc<Spool>, desc: &Descriptor, permit: OwnedSemaphorePer
 
 /// Unpack `layers`; `fetched[i]` fires when layer i is in the content store;
 /// `spools[i]` yields layer i's download as it streams in, when this pull
-/// downloads it natively. Returns the top chain ID and the time (since the
-/// start of the call) at which the unpack finished.
+/// downloads it natively; `chain` holds the layers' chain IDs. Returns the
+/// time (since the start of the call) at which the unpack finished.
 pub async fn unpack(
     ctx: &PullCtx,
     layers: &[Descriptor],
     diff_ids: &[String],
+    chain: &[String],
     fetched: Vec<oneshot::Receiver<()>>,
     spools: Vec<oneshot::Receiver<Arc<Spool>>>,
-) -> Result<(String, Duration), PullError> {
+) -> Result<Duration, PullError> {
     let start = Instant::now();
-    let chain = crate::reference::chain_id(diff_ids);
     // Which snapshots exist, all at once (read-only Stats). A chain's snapshot
     // keeps its parents, so only the highest present one joins the lease;
     // it is looked at again after that, in case a concurrent RemoveImage
@@ -143,7 +143,7 @@ pub async fn unpack(
             .zip(decoded_tx)
             .zip(needed.iter().copied())
             .collect();
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDrop::spawn(async move {
             for (((desc, spool), tx), needed) in jobs {
                 if !needed {
                     continue;
@@ -155,7 +155,7 @@ pub async fn unpack(
                     let _ = tx.send(start_decoder(spool, &desc, permit));
                 }
             }
-        }))
+        })
     });
     // The stager writes the needed layers ahead of the chain (stage.rs).
     let mut sources: Vec<Source> = Vec::with_capacity(layers.len());
@@ -181,7 +181,7 @@ pub async fn unpack(
                 base: base_tx.take(),
             });
         }
-        stager = Some(AbortOnDrop(tokio::spawn(stage::run(base_rx, jobs))));
+        stager = Some(AbortOnDrop::spawn(stage::run(base_rx, jobs)));
     } else {
         sources.extend(layers.iter().map(|_| Source::Containerd));
     }
@@ -246,14 +246,7 @@ pub async fn unpack(
         l.await
             .map_err(|e| PullError::Internal(format!("labelling task: {e}")))??;
     }
-    Ok((chain.last().cloned().unwrap_or_default(), start.elapsed()))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    Ok(start.elapsed())
 }
 
 /// An active snapshot removed when dropped before `keep` (a failure, a
@@ -288,7 +281,7 @@ impl Drop for Active<'_> {
 }
 
 /// Where a prepared snapshot's files go, from the mounts Prepare returned.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Target {
     pub upper: PathBuf,
     pub lowers: Vec<PathBuf>,
@@ -345,7 +338,7 @@ enum Source {
     /// its snapshot is (`base`).
     Stager {
         outcome: oneshot::Receiver<stage::StageOutcome>,
-        base: Option<oneshot::Sender<Option<stage::Base>>>,
+        base: Option<oneshot::Sender<Option<Target>>>,
     },
 }
 
@@ -420,7 +413,7 @@ async fn apply_layer(
         Source::Containerd => (None, None),
         Source::Stager { outcome, base } => {
             if let Some(tx) = base {
-                let _ = tx.send(target.as_ref().map(stage::Base::of));
+                let _ = tx.send(target.clone());
             }
             match outcome.await {
                 Ok(stage::StageOutcome::Applied(dir)) => (Some(dir), None),
