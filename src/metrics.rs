@@ -91,6 +91,7 @@ pub struct Metrics {
     /// by way: containerd's ingest file written in place, or the Write API.
     pub blobs_stored_ingest_file: IntCounter,
     pub blobs_stored_write_api: IntCounter,
+    pub blobs_stored_blob_file: IntCounter,
     /// Background content-store writes that failed (the image still runs from its snapshots).
     pub blob_store_failures: IntCounter,
     pub removals: IntCounter,
@@ -213,12 +214,13 @@ impl Metrics {
         let blobs_stored = must(IntCounterVec::new(
             Opts::new(
                 "cri_imaged_layer_blobs_stored_total",
-                "Layer blobs downloaded for the native unpack and committed to containerd's content store, by way: ingest_file (written in place, verified by containerd on commit) or write_api (streamed through its content Write API).",
+                "Layer blobs downloaded for the native unpack and committed to containerd's content store, by way: blob_file (verified by cri-imaged and put in place as the store's blob file; containerd only records it), ingest_file (written in place, verified by containerd on commit) or write_api (streamed through its content Write API).",
             ),
             &["via"],
         ));
         let blobs_stored_ingest_file = blobs_stored.with_label_values(&["ingest_file"]);
         let blobs_stored_write_api = blobs_stored.with_label_values(&["write_api"]);
+        let blobs_stored_blob_file = blobs_stored.with_label_values(&["blob_file"]);
         let blob_store_failures = must(IntCounter::new(
             "cri_imaged_layer_blob_store_failures_total",
             "Layer blobs a native-unpack pull downloaded but could not commit to containerd's content store in the background (the image runs from its snapshots; a later pull of the blob stores it).",
@@ -328,6 +330,7 @@ impl Metrics {
             layers_staged,
             blobs_stored_ingest_file,
             blobs_stored_write_api,
+            blobs_stored_blob_file,
             blob_store_failures,
             removals,
             images,

@@ -316,11 +316,17 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
         }
     }));
     // Layers a killed predecessor had staged (written ahead of their snapshots).
+    // And half-copied blob files of one (`<content root>/cri-imaged-tmp`).
     let root = cfg.effective_snapshotter_root();
+    let content = cfg.containerd_root.join("io.containerd.content.v1.content");
     v.push(tokio::task::spawn_blocking(move || {
         let n = crate::pull::cleanup_staging(&root);
         if n > 0 {
             tracing::info!(removed = n, "removed layers an interrupted pull had staged");
+        }
+        let n = crate::pull::cleanup_blob_tmp(&content);
+        if n > 0 {
+            tracing::info!(removed = n, "removed blob copies an interrupted pull had left");
         }
     }));
     // Layer blobs a killed predecessor downloaded whole (into containerd's

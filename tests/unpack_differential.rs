@@ -11,7 +11,7 @@
 use cri_imaged_test_rig::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::Digest;
@@ -364,10 +364,10 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
         assert_eq!(pull(&mut c, &r).await.expect("pull"), img.config_digest);
     }
     // Who wrote what, from the metrics.
-    // Blobs are committed in the background once the unpack is done; these
-    // small ones from spools, through the Write API.
+    // Blobs are committed in the background once the unpack is done: these
+    // small ones from spools, put in place as the store's blob files.
     let want_stored = format!(
-        "cri_imaged_layer_blobs_stored_total{{via=\"write_api\"}} {}",
+        "cri_imaged_layer_blobs_stored_total{{via=\"blob_file\"}} {}",
         layers.len()
     );
     let mut m_ours = ours.metrics().await;
@@ -565,9 +565,11 @@ async fn discard_unpacked_layers_keeps_only_snapshots() {
 }
 
 /// Where a layer's compressed blob goes during the pull: a small one (under
-/// 4 MiB) into a spool of our own, stored through the content Write API once
-/// the pull is done (no content-store transaction while the snapshots are
-/// being made); a large one straight into containerd's ingest file.
+/// 4 MiB) into a spool of our own (no content-store transaction while the
+/// snapshots are being made); a large one straight into containerd's ingest
+/// file. Once the pull is done, both are put in place as the content store's
+/// blob files (verified by us, read-only, no ingest left) and containerd
+/// records them with their labels without reading them.
 #[tokio::test(flavor = "multi_thread")]
 async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
     let env = TestEnv::start();
@@ -585,8 +587,9 @@ async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
     let want = [
         // The second layer was written ahead of its snapshot, then moved in.
         "cri_imaged_layers_staged_total 1",
-        r#"cri_imaged_layer_blobs_stored_total{via="ingest_file"} 1"#,
-        r#"cri_imaged_layer_blobs_stored_total{via="write_api"} 1"#,
+        r#"cri_imaged_layer_blobs_stored_total{via="blob_file"} 2"#,
+        r#"cri_imaged_layer_blobs_stored_total{via="ingest_file"} 0"#,
+        r#"cri_imaged_layer_blobs_stored_total{via="write_api"} 0"#,
         r#"cri_imaged_layers_unpacked_total{unpacker="native"} 2"#,
     ];
     let mut m = d.metrics().await;
@@ -600,8 +603,37 @@ async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
     for w in want {
         assert!(m.contains(w), "{w}:\n{m}");
     }
-    for l in img.layer_digests() {
-        assert!(env.containerd.has_content(&l), "{l} not stored");
+    let content = env.containerd.root.join("io.containerd.content.v1.content");
+    let listed = env.containerd.ctr_ok(&["content", "ls"]);
+    for (l, diff_id) in img.layer_digests().iter().zip(&img.diff_ids) {
+        assert!(env.containerd.has_content(l), "{l} not stored");
+        // The blob file: the verified bytes, read-only as containerd leaves it.
+        let file = content.join("blobs/sha256").join(l.trim_start_matches("sha256:"));
+        let meta = std::fs::metadata(&file).expect("blob file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444, "{l}");
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+            *l
+        );
+        // containerd recorded it with the labels the commit carried.
+        let line = listed
+            .lines()
+            .find(|x| x.starts_with(l.as_str()))
+            .unwrap_or_else(|| panic!("{l} not listed:\n{listed}"));
+        assert!(
+            line.contains(&format!("containerd.io/uncompressed={diff_id}")),
+            "{line}"
+        );
     }
     env.containerd.leases_settled();
+    // No ingest is left behind (the large layer's was dropped once its file
+    // was in place), and no copy in cri-imaged's temporary directory.
+    let ingests = std::fs::read_dir(content.join("ingest"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(ingests, 0, "ingests left");
+    assert!(std::fs::read_dir(content.join("cri-imaged-tmp"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true));
 }

@@ -284,10 +284,14 @@ impl ContentSink {
     }
 }
 
-/// Into a spool the native unpack and the content writer read.
+/// Into a spool the native unpack and the content writer read, hashed as
+/// it goes: the spool is completed only once the digest matched, so what
+/// reads it to the end has read verified bytes, and the blob can go into
+/// the content store without containerd reading it again.
 struct SpoolSink {
     writer: SpoolWriter,
     pos: u64,
+    hash: BlobHash,
 }
 
 impl Sink for SpoolSink {
@@ -295,8 +299,49 @@ impl Sink for SpoolSink {
         self.writer
             .write_at(chunk, self.pos)
             .map_err(|e| spool_io_error("spool write", e))?;
+        self.hash.update(chunk);
         self.pos += chunk.len() as u64;
         Ok(())
+    }
+}
+
+/// A blob's digest computed as its bytes arrive (the algorithms containerd
+/// registers: sha256, sha384, sha512).
+enum BlobHash {
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl BlobHash {
+    fn for_digest(digest: &str) -> Result<BlobHash, PullError> {
+        use sha2::Digest as _;
+        match digest.split_once(':').map(|(a, _)| a) {
+            Some("sha256") => Ok(BlobHash::Sha256(sha2::Sha256::new())),
+            Some("sha384") => Ok(BlobHash::Sha384(sha2::Sha384::new())),
+            Some("sha512") => Ok(BlobHash::Sha512(sha2::Sha512::new())),
+            _ => Err(PullError::DigestMismatch(format!(
+                "blob {digest}: unsupported digest algorithm (sha256, sha384 and sha512 are)"
+            ))),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            BlobHash::Sha256(h) => h.update(data),
+            BlobHash::Sha384(h) => h.update(data),
+            BlobHash::Sha512(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> String {
+        use sha2::Digest as _;
+        match self {
+            BlobHash::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
+            BlobHash::Sha384(h) => format!("sha384:{}", hex::encode(h.finalize())),
+            BlobHash::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
+        }
     }
 }
 
@@ -603,8 +648,17 @@ async fn spool_and_store(
     let mut sink = SpoolSink {
         writer: spool.writer(),
         pos: 0,
+        hash: BlobHash::for_digest(&desc.digest)?,
     };
     download(ctx, desc, 0, &mut sink).await?;
+    let got = sink.hash.finish();
+    if got != desc.digest {
+        // The writer is dropped uncompleted: the unpack reading it fails.
+        return Err(PullError::DigestMismatch(format!(
+            "blob {} from {}/{}: the registry sent {} bytes whose digest is {got}",
+            desc.digest, ctx.domain, ctx.repo, sink.pos
+        )));
+    }
     sink.writer.complete();
     Ok(Fetched::Storing(spool))
 }
@@ -621,7 +675,7 @@ async fn store_from_spool(
     ctx: &PullCtx,
     desc: &Descriptor,
     labels: HashMap<String, String>,
-    spool: &Spool,
+    spool: &Arc<Spool>,
     writer: Option<Writer>,
 ) -> Result<(), PullError> {
     let size = desc.size.max(0) as u64;
@@ -637,6 +691,25 @@ async fn store_from_spool(
                     break;
                 }
                 pos = avail;
+            }
+            if place_blob(ctx, desc, spool).await {
+                match open(ctx, desc).await? {
+                    Opened::Exists => return Ok(()),
+                    // Opened complete: containerd adopted the blob file
+                    // (shared content) and only records it on commit. The
+                    // open's ingest names the digest, which keeps the file
+                    // from containerd's GC; one swept away just before
+                    // that is written again below.
+                    Opened::Open(w) if w.offset == size && blob_file_present(ctx, desc) => {
+                        ctx.metrics.blobs_stored_blob_file.inc();
+                        return w.commit(desc, labels, ctx).await;
+                    }
+                    Opened::Open(w) => {
+                        tracing::debug!(digest = %desc.digest, offset = w.offset, "blob file not adopted (isolated content policy?); writing it through the content API");
+                        drop(w);
+                        let _ = ctx.cd.abort_write(&ingest_ref(&desc.digest)).await;
+                    }
+                }
             }
             match open(ctx, desc).await? {
                 Opened::Exists => return Ok(()),
@@ -672,6 +745,51 @@ async fn store_from_spool(
         }
     }
     sink.finish(desc, labels, ctx).await
+}
+
+/// Put the complete, verified spool into containerd's content store as the
+/// blob file itself (`place.rs`), when containerd's content directory is
+/// visible. A spool that is containerd's ingest file is linked and its
+/// ingest dropped. False when it could not be (the caller writes the blob
+/// through the content API instead).
+async fn place_blob(ctx: &PullCtx, desc: &Descriptor, spool: &Arc<Spool>) -> bool {
+    let Some(root) = ctx.content_root.clone() else {
+        return false;
+    };
+    if spool.named_file().is_none() {
+        return false;
+    }
+    let (spool2, digest) = (spool.clone(), desc.digest.clone());
+    let placed = tokio::task::spawn_blocking(move || {
+        let (file, path) = spool2.named_file().expect("checked above");
+        super::place::place(&root, file, path, &digest)
+    })
+    .await;
+    match placed {
+        Ok(Ok(how)) => {
+            tracing::debug!(digest = %desc.digest, ?how, "blob file in the content store");
+            if spool.in_ingest() {
+                // The bytes are in place under the blob's name; the ingest
+                // (whose file is the same inode) is no longer needed.
+                let _ = ctx.cd.abort_write(&ingest_ref(&desc.digest)).await;
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(digest = %desc.digest, error = %e, "cannot put the blob file in place; writing it through the content API");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+fn blob_file_present(ctx: &PullCtx, desc: &Descriptor) -> bool {
+    let path = ctx
+        .content_root
+        .as_deref()
+        .and_then(|r| super::place::blob_path(r, &desc.digest));
+    path.and_then(|p| p.metadata().ok())
+        .is_some_and(|m| m.len() == desc.size.max(0) as u64)
 }
 
 /// A spool file error: a full disk is RESOURCE_EXHAUSTED, as everywhere else.

@@ -8,6 +8,7 @@
 mod error;
 mod fetch;
 mod local;
+mod place;
 mod records;
 mod recover;
 mod remote;
@@ -34,6 +35,7 @@ pub use error::PullError;
 use fetch::{BlobKey, Fetched, LayersDone};
 pub use recover::at_start as repair_at_start;
 use resolve::RegistrySource;
+pub use place::cleanup as cleanup_blob_tmp;
 pub use stage::cleanup as cleanup_staging;
 pub use unpack::cleanup_interrupted;
 

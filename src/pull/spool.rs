@@ -30,6 +30,10 @@ pub struct Spool {
     file: File,
     /// A named spool's data file and its record, removed when dropped.
     named: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The data file's name, when it has one, and whether it is
+    /// containerd's own ingest file.
+    path: Option<std::path::PathBuf>,
+    in_ingest: bool,
     inner: Mutex<(u64, State)>,
     cond: Condvar,
     notify: Notify,
@@ -78,6 +82,7 @@ impl Spool {
                 let _ = std::fs::remove_file(&meta);
             })?;
         let mut s = Spool::bare(file);
+        s.path = Some(data.clone());
         s.named = Some((data, meta));
         Ok(Arc::new(s))
     }
@@ -90,7 +95,20 @@ impl Spool {
             .write(true)
             .truncate(true)
             .open(path)?;
-        Ok(Spool::with_file(file))
+        let mut s = Spool::bare(file);
+        s.path = Some(path.to_path_buf());
+        s.in_ingest = true;
+        Ok(Arc::new(s))
+    }
+
+    /// The data file and its name, when it has one.
+    pub fn named_file(&self) -> Option<(&File, &Path)> {
+        Some((&self.file, self.path.as_deref()?))
+    }
+
+    /// Whether the data file is containerd's ingest file (`open_at`).
+    pub fn in_ingest(&self) -> bool {
+        self.in_ingest
     }
 
     fn with_file(file: File) -> Arc<Spool> {
@@ -101,6 +119,8 @@ impl Spool {
         Spool {
             file,
             named: None,
+            path: None,
+            in_ingest: false,
             inner: Mutex::new((0, State::Open)),
             cond: Condvar::new(),
             notify: Notify::new(),
@@ -216,6 +236,8 @@ impl SpoolWriter {
         Ok(())
     }
 
+    /// The whole blob is in, and its digest was checked: a reader that
+    /// reaches the end has read verified bytes.
     pub fn complete(mut self) {
         self.done = true;
         self.spool.set(|s| s.1 = State::Complete);

@@ -80,7 +80,8 @@ fn start_decoder(spool: Arc<Spool>, desc: &Descriptor, permit: OwnedSemaphorePer
     let cancel = Arc::new(AtomicBool::new(false));
     let (flag, digest, size) = (cancel.clone(), desc.digest.clone(), desc.size.max(0) as u64);
     let task = tokio::task::spawn_blocking(move || {
-        layer::decode(spool.reader(), &digest, size, tx, &flag)
+        // The spool ends only once the download matched the digest.
+        layer::decode_verified(spool.reader(), &digest, size, tx, &flag)
     });
     Decoding {
         rx,
