@@ -69,30 +69,68 @@ fn hex(h: Sha256) -> String {
 const CHUNK: usize = 1 << 20;
 
 /// Decode the blob `input` to its end, sending the tar bytes to `out` (the
-/// channel closes when this returns). Checks the compressed digest and size
-/// against `digest`/`size`; the caller checks the diff ID against the config.
+/// channel closes when this returns) in buffers taken from `pool`. Checks
+/// the compressed size, and with [`Check::Digest`] the digest, against
+/// `digest`/`size`; the caller checks the diff ID against the config.
 pub fn decode(
     input: impl Read,
     digest: &str,
+    check: Check,
     size: u64,
     out: SyncSender<Vec<u8>>,
     cancel: &AtomicBool,
+    pool: &ChunkPool,
 ) -> Result<Decoded, LayerError> {
-    decode_inner(input, digest, true, size, out, cancel)
+    decode_inner(
+        input,
+        digest,
+        check == Check::Digest,
+        size,
+        out,
+        cancel,
+        pool,
+    )
 }
 
-/// As [`decode`], for an `input` that ends only once its writer checked
-/// the compressed digest (a download spool): the compressed bytes are
-/// counted, not hashed again.
-pub fn decode_verified(
-    input: impl Read,
-    digest: &str,
-    size: u64,
-    out: SyncSender<Vec<u8>>,
-    cancel: &AtomicBool,
-) -> Result<Decoded, LayerError> {
-    decode_inner(input, digest, false, size, out, cancel)
+/// What [`decode`] checks of the compressed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Hash them and compare with the digest.
+    Digest,
+    /// Count them only: `input` ends only once its writer checked the digest
+    /// (a download spool).
+    SizeOnly,
 }
+
+/// Chunk buffers the reader hands back for the decoder to fill again, so a
+/// layer's tar does not cost an allocation (and its page faults) per MiB.
+#[derive(Clone, Default)]
+pub struct ChunkPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl ChunkPool {
+    fn take(&self) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.resize(CHUNK, 0);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if v.capacity() >= CHUNK {
+            if let Ok(mut p) = self.0.lock() {
+                if p.len() < POOL_MAX {
+                    p.push(v);
+                }
+            }
+        }
+    }
+}
+
+const POOL_MAX: usize = 8;
 
 fn decode_inner(
     input: impl Read,
@@ -101,6 +139,7 @@ fn decode_inner(
     size: u64,
     out: SyncSender<Vec<u8>>,
     cancel: &AtomicBool,
+    pool: &ChunkPool,
 ) -> Result<Decoded, LayerError> {
     let mut compressed = BufReader::with_capacity(
         256 << 10,
@@ -126,7 +165,7 @@ fn decode_inner(
             if cancel.load(Ordering::Relaxed) {
                 return Err(LayerError::Canceled);
             }
-            let mut chunk = vec![0u8; CHUNK];
+            let mut chunk = pool.take();
             let mut filled = 0;
             // Fill the chunk (decoders return small reads).
             while filled < CHUNK {
@@ -179,18 +218,21 @@ fn decode_inner(
 }
 
 /// The receiving end as a reader (EOF when the decoder is done or gone).
+/// Read buffers go back to `pool`.
 pub struct DecodedReader {
     rx: Receiver<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    pool: ChunkPool,
 }
 
 impl DecodedReader {
-    pub fn new(rx: Receiver<Vec<u8>>) -> Self {
+    pub fn new(rx: Receiver<Vec<u8>>, pool: ChunkPool) -> Self {
         DecodedReader {
             rx,
             cur: Vec::new(),
             pos: 0,
+            pool,
         }
     }
 }
@@ -200,7 +242,8 @@ impl Read for DecodedReader {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(c) => {
-                    self.cur = c;
+                    let done = std::mem::replace(&mut self.cur, c);
+                    self.pool.give(done);
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),

@@ -10,7 +10,7 @@ mod apply;
 mod decode;
 
 pub use apply::{apply_tar, ApplyOptions, ApplyStats, Whiteouts};
-pub use decode::{decode, decode_verified, Compression, Decoded, DecodedReader};
+pub use decode::{decode, Check, ChunkPool, Compression, Decoded, DecodedReader};
 
 use std::path::PathBuf;
 

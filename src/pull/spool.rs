@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -35,6 +36,10 @@ pub struct Spool {
     path: Option<std::path::PathBuf>,
     in_ingest: bool,
     inner: Mutex<(u64, State)>,
+    /// The length a blocked reader waits for (changed under `inner`'s lock):
+    /// the writer wakes readers only when a read of `READ_BATCH` bytes (or
+    /// the end) is there, not for every few KiB the network delivers.
+    wake_at: std::sync::atomic::AtomicU64,
     cond: Condvar,
     notify: Notify,
     /// Whether the blob made it into containerd's content store (None: not yet).
@@ -122,6 +127,7 @@ impl Spool {
             path: None,
             in_ingest: false,
             inner: Mutex::new((0, State::Open)),
+            wake_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             cond: Condvar::new(),
             notify: Notify::new(),
             stored: tokio::sync::watch::channel(None).0,
@@ -152,8 +158,18 @@ impl Spool {
     }
 
     fn set(&self, f: impl FnOnce(&mut (u64, State))) {
-        f(&mut self.inner.lock());
-        self.cond.notify_all();
+        let wake = {
+            let mut g = self.inner.lock();
+            f(&mut g);
+            let wake = g.1 != State::Open || g.0 >= self.wake_at.load(Ordering::Relaxed);
+            if wake {
+                self.wake_at.store(u64::MAX, Ordering::Relaxed);
+            }
+            wake
+        };
+        if wake {
+            self.cond.notify_all();
+        }
         self.notify.notify_waiters();
     }
 
@@ -252,6 +268,9 @@ impl Drop for SpoolWriter {
     }
 }
 
+/// A blocked reader is woken when this much more is there (or the end).
+const READ_BATCH: u64 = 128 << 10;
+
 /// Reads the spool as it grows; blocks for more; EOF at the complete end.
 pub struct SpoolReader {
     spool: Arc<Spool>,
@@ -263,14 +282,21 @@ impl Read for SpoolReader {
         if buf.is_empty() {
             return Ok(0);
         }
+        let batch = (buf.len() as u64).min(READ_BATCH);
         let avail = {
             let mut g = self.spool.inner.lock();
             loop {
                 match g.1 {
                     State::Failed => return Err(io::Error::other("the download was abandoned")),
-                    _ if g.0 > self.pos => break g.0,
+                    _ if g.0 >= self.pos + batch => break g.0,
+                    State::Complete if g.0 > self.pos => break g.0,
                     State::Complete => return Ok(0),
-                    State::Open => self.spool.cond.wait(&mut g),
+                    State::Open => {
+                        self.spool
+                            .wake_at
+                            .fetch_min(self.pos + batch, Ordering::Relaxed);
+                        self.spool.cond.wait(&mut g)
+                    }
                 }
             }
         };

@@ -73,21 +73,30 @@ pub(super) struct Decoding {
     task: tokio::task::JoinHandle<Result<layer::Decoded, LayerError>>,
     cancel: CancelOnDrop,
     _permit: OwnedSemaphorePermit,
+    pool: layer::ChunkPool,
 }
 
-fn start_decoder(spool: Arc<Spool>, desc: &Descriptor, permit: OwnedSemaphorePermit) -> Decoding {
+fn start_decoder(
+    spool: Arc<Spool>,
+    desc: &Descriptor,
+    permit: OwnedSemaphorePermit,
+    pool: &layer::ChunkPool,
+) -> Decoding {
     let (tx, rx) = sync_channel(DECODE_BUFFER);
     let cancel = Arc::new(AtomicBool::new(false));
     let (flag, digest, size) = (cancel.clone(), desc.digest.clone(), desc.size.max(0) as u64);
+    let pool2 = pool.clone();
     let task = tokio::task::spawn_blocking(move || {
         // The spool ends only once the download matched the digest.
-        layer::decode_verified(spool.reader(), &digest, size, tx, &flag)
+        let check = layer::Check::SizeOnly;
+        layer::decode(spool.reader(), &digest, check, size, tx, &flag, &pool2)
     });
     Decoding {
         rx,
         task,
         cancel: CancelOnDrop(cancel),
         _permit: permit,
+        pool: pool.clone(),
     }
 }
 
@@ -137,6 +146,8 @@ pub async fn unpack(
         .unzip();
     let starter = ctx.native.is_some().then(|| {
         let ahead = Arc::new(Semaphore::new(decode_ahead()));
+        // The pull's decoders reuse each other's chunk buffers.
+        let pool = layer::ChunkPool::default();
         let jobs: Vec<_> = layers
             .iter()
             .cloned()
@@ -153,7 +164,7 @@ pub async fn unpack(
                     return;
                 };
                 if let Ok(spool) = spool.await {
-                    let _ = tx.send(start_decoder(spool, &desc, permit));
+                    let _ = tx.send(start_decoder(spool, &desc, permit, &pool));
                 }
             }
         })
@@ -530,12 +541,13 @@ pub(super) async fn apply_native(
         task,
         cancel,
         _permit,
+        pool,
     } = d;
     let flag = cancel.0.clone();
     let applier = tokio::task::spawn_blocking(move || {
         layer::apply_tar(
             &t.upper,
-            layer::DecodedReader::new(rx),
+            layer::DecodedReader::new(rx, pool),
             &layer::ApplyOptions {
                 whiteouts: t.whiteouts,
                 lower_fds: &lower_fds,
