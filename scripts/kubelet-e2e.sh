@@ -109,6 +109,16 @@ echo "== who wrote its layers (cri-imaged's metrics):"
 curl -s "http://$METRICS_ADDR/metrics" | grep -E '^cri_imaged_(layers_unpacked|layer_blobs_stored)_total' || true
 curl -s "http://$METRICS_ADDR/metrics" | grep -qE '^cri_imaged_layers_unpacked_total\{unpacker="native"\} [1-9]' ||
   { echo "no layer was unpacked natively: the pod did not run from cri-imaged's own unpack"; exit 1; }
+echo "== the container sees both of its image's layers (the top layer's /etc/motd over the base's):"
+CID="$("${C[@]}" ps --name app --state running -q | head -1)"
+MOTD="$("${C[@]}" exec "$CID" cat /etc/motd)"
+echo "   /etc/motd in the container: $MOTD"
+[ "$MOTD" = "image app" ] || { echo "the container's /etc/motd is '$MOTD', not its top layer's"; exit 1; }
+for m in 'cri_imaged_layers_staged_total [1-9]' 'cri_imaged_layer_blobs_stored_total\{via="blob_file"\} [1-9]'; do
+  curl -s "http://$METRICS_ADDR/metrics" | grep -qE "^$m" ||
+    { echo "expected metric $m (a layer staged ahead of its parent, a blob put in place as a blob file)"; exit 1; }
+done
+echo "   a layer was staged ahead of its parent's snapshot, and blobs went into the content store as blob files"
 echo "== its image, as cri-imaged reports it:"
 "${C[@]}" images | grep -E "IMAGE|e2e/app|pause"
 grep -E "result=\"?success" "$WORK/cri-imaged.log" | grep -E "e2e/app|pause" | sed "s/^/   cri-imaged: /" | cut -c1-220 || true

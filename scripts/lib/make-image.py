@@ -9,6 +9,11 @@ skopeo. Standard library only.
 With --busybox the image is runnable: /bin/busybox plus /bin/sh, /bin/sleep,
 ... links. Without it the image holds one small file (seeded, so different
 seeds give different image IDs and one seed always the same ID).
+
+Two layers, as real images have: a base (/etc, and busybox when asked) and
+the image's own (/seed, and /etc/motd replacing a base file), so a pull runs
+a snapshot chain: cri-imaged's staging of a layer ahead of its parent's
+snapshot is on the path of every real-client test.
 """
 import argparse, gzip, hashlib, io, json, os, subprocess, sys, tarfile, tempfile
 
@@ -45,22 +50,24 @@ def main():
     ap.add_argument("--creds", default="", help="user:pass for the registry")
     a = ap.parse_args()
 
-    entries = [("etc", "dir", None, 0o755),
-               ("etc/passwd", "file", b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n", 0o644),
-               ("etc/group", "file", b"root:x:0:\nwww-data:x:33:\n", 0o644),
-               ("seed", "file", ("seed %s\n" % a.seed).encode(), 0o644)]
+    base = [("etc", "dir", None, 0o755),
+            ("etc/passwd", "file", b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n", 0o644),
+            ("etc/group", "file", b"root:x:0:\nwww-data:x:33:\n", 0o644),
+            ("etc/motd", "file", b"base\n", 0o644)]
     if a.busybox:
-        entries.append(("bin", "dir", None, 0o755))
-        entries.append(("bin/busybox", "file", open(a.busybox, "rb").read(), 0o755))
-        entries += [("bin/" + x, "symlink", "busybox", 0) for x in APPLETS]
-        entries.append(("tmp", "dir", None, 0o1777))
-    raw = tar_layer(entries)
-    gz = gzip.compress(raw, mtime=0)
-    diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+        base.append(("bin", "dir", None, 0o755))
+        base.append(("bin/busybox", "file", open(a.busybox, "rb").read(), 0o755))
+        base += [("bin/" + x, "symlink", "busybox", 0) for x in APPLETS]
+        base.append(("tmp", "dir", None, 0o1777))
+    own = [("etc/motd", "file", ("image %s\n" % a.seed).encode(), 0o644),
+           ("seed", "file", ("seed %s\n" % a.seed).encode(), 0o644)]
+    raws = [tar_layer(base), tar_layer(own)]
+    gzs = [gzip.compress(raw, mtime=0) for raw in raws]
     config = {
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/bin"], "Cmd": [c for c in a.cmd.split(",") if c]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers",
+                   "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest() for raw in raws]},
     }
     if a.entrypoint:
         config["config"]["Entrypoint"] = a.entrypoint.split(",")
@@ -74,11 +81,11 @@ def main():
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": desc("application/vnd.oci.image.config.v1+json", cfg),
-        "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", gz)],
+        "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", gz) for gz in gzs],
     }, sort_keys=True, separators=(",", ":")).encode()
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(os.path.join(d, "blobs", "sha256"))
-        for data in (gz, cfg, manifest):
+        for data in gzs + [cfg, manifest]:
             with open(os.path.join(d, "blobs", "sha256", hashlib.sha256(data).hexdigest()), "wb") as f:
                 f.write(data)
         with open(os.path.join(d, "oci-layout"), "w") as f:
