@@ -273,8 +273,13 @@ fn main() -> ExitCode {
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             // SAFETY: mallopt only tunes glibc's allocator; it is called
             // before any other thread exists (the runtime is built below).
+            // Blocks of 512 KiB and more (a ListImages response of thousands of
+            // images, its encoding) are mapped and unmapped rather than kept in
+            // the heap: glibc's sliding threshold would otherwise move them into
+            // the heap after the first free, where they stay as retained memory.
             unsafe {
                 libc::mallopt(libc::M_ARENA_MAX, 2);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
             }
             let rt = match runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
