@@ -178,6 +178,7 @@ fn decode_inner(
                 filled += n;
             }
             if filled == 0 {
+                pool.give(chunk);
                 break;
             }
             chunk.truncate(filled);
@@ -234,6 +235,12 @@ impl DecodedReader {
             pos: 0,
             pool,
         }
+    }
+}
+
+impl Drop for DecodedReader {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.cur));
     }
 }
 
