@@ -326,7 +326,10 @@ fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHa
         }
         let n = crate::pull::cleanup_blob_tmp(&content);
         if n > 0 {
-            tracing::info!(removed = n, "removed blob copies an interrupted pull had left");
+            tracing::info!(
+                removed = n,
+                "removed blob copies an interrupted pull had left"
+            );
         }
     }));
     // Layer blobs a killed predecessor downloaded whole (into containerd's

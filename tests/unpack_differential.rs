@@ -608,7 +608,9 @@ async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
     for (l, diff_id) in img.layer_digests().iter().zip(&img.diff_ids) {
         assert!(env.containerd.has_content(l), "{l} not stored");
         // The blob file: the verified bytes, read-only as containerd leaves it.
-        let file = content.join("blobs/sha256").join(l.trim_start_matches("sha256:"));
+        let file = content
+            .join("blobs/sha256")
+            .join(l.trim_start_matches("sha256:"));
         let meta = std::fs::metadata(&file).expect("blob file");
         assert_eq!(meta.permissions().mode() & 0o777, 0o444, "{l}");
         let bytes = std::fs::read(&file).unwrap();

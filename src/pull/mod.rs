@@ -33,9 +33,9 @@ use crate::store::Store;
 pub(crate) use error::retryable;
 pub use error::PullError;
 use fetch::{BlobKey, Fetched, LayersDone};
+pub use place::cleanup as cleanup_blob_tmp;
 pub use recover::at_start as repair_at_start;
 use resolve::RegistrySource;
-pub use place::cleanup as cleanup_blob_tmp;
 pub use stage::cleanup as cleanup_staging;
 pub use unpack::cleanup_interrupted;
 

@@ -74,7 +74,11 @@ fn read_only(file: &File) -> io::Result<()> {
 fn copy_into(content_root: &Path, file: &File, target: &Path) -> io::Result<Placed> {
     let dir = content_root.join(TMP_DIR);
     std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!("{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let tmp = dir.join(format!(
+        "{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let r = (|| {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -127,7 +131,9 @@ mod tests {
         let root = Path::new("/c");
         assert_eq!(
             blob_path(root, D).unwrap(),
-            Path::new("/c/blobs/sha256/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+            Path::new(
+                "/c/blobs/sha256/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+            )
         );
         for bad in [
             "sha256:../../etc/passwd",
@@ -181,7 +187,12 @@ mod tests {
         );
         assert_eq!(std::fs::read(&target).unwrap(), b"hello");
         assert_eq!(target.metadata().unwrap().mode() & 0o777, 0o444);
-        assert_eq!(std::fs::read_dir(root.path().join(TMP_DIR)).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(root.path().join(TMP_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
         // A leftover of a dead process is removed at start.
         std::fs::write(root.path().join(TMP_DIR).join("999999999-00"), b"x").unwrap();
         assert_eq!(cleanup(root.path()), 1);
