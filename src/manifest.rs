@@ -145,14 +145,50 @@ pub fn sha256_digest(data: &[u8]) -> String {
 /// `algo:hex` of `data` for the algorithms a registry may name (sha256,
 /// sha512); None for others.
 pub fn digest_of(algo: &str, data: &[u8]) -> Option<String> {
-    use sha2::Digest as _;
-    match algo {
-        "sha256" => Some(sha256_digest(data)),
-        "sha512" => Some(format!(
-            "sha512:{}",
-            hex::encode(sha2::Sha512::digest(data))
-        )),
-        _ => None,
+    if !matches!(algo, "sha256" | "sha512") {
+        return None;
+    }
+    let mut h = DigestHasher::for_algorithm(algo)?;
+    h.update(data);
+    Some(h.finish())
+}
+
+/// A digest computed as the bytes stream past, for the algorithms
+/// containerd registers (sha256, sha384, sha512).
+pub enum DigestHasher {
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl DigestHasher {
+    pub fn for_algorithm(algo: &str) -> Option<DigestHasher> {
+        use sha2::Digest as _;
+        match algo {
+            "sha256" => Some(DigestHasher::Sha256(sha2::Sha256::new())),
+            "sha384" => Some(DigestHasher::Sha384(sha2::Sha384::new())),
+            "sha512" => Some(DigestHasher::Sha512(sha2::Sha512::new())),
+            _ => None,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            DigestHasher::Sha256(h) => h.update(data),
+            DigestHasher::Sha384(h) => h.update(data),
+            DigestHasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    /// `algo:hex`.
+    pub fn finish(self) -> String {
+        use sha2::Digest as _;
+        match self {
+            DigestHasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
+            DigestHasher::Sha384(h) => format!("sha384:{}", hex::encode(h.finalize())),
+            DigestHasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
+        }
     }
 }
 

@@ -81,71 +81,11 @@ pub fn decode(
     cancel: &AtomicBool,
     pool: &ChunkPool,
 ) -> Result<Decoded, LayerError> {
-    decode_inner(
-        input,
-        digest,
-        check == Check::Digest,
-        size,
-        out,
-        cancel,
-        pool,
-    )
-}
-
-/// What [`decode`] checks of the compressed bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Hash them and compare with the digest.
-    Digest,
-    /// Count them only: `input` ends only once its writer checked the digest
-    /// (a download spool).
-    SizeOnly,
-}
-
-/// Chunk buffers the reader hands back for the decoder to fill again, so a
-/// layer's tar does not cost an allocation (and its page faults) per MiB.
-#[derive(Clone, Default)]
-pub struct ChunkPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-
-impl ChunkPool {
-    fn take(&self) -> Vec<u8> {
-        let mut v = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
-        v.resize(CHUNK, 0);
-        v
-    }
-
-    fn give(&self, v: Vec<u8>) {
-        if v.capacity() >= CHUNK {
-            if let Ok(mut p) = self.0.lock() {
-                if p.len() < POOL_MAX {
-                    p.push(v);
-                }
-            }
-        }
-    }
-}
-
-const POOL_MAX: usize = 8;
-
-fn decode_inner(
-    input: impl Read,
-    digest: &str,
-    hash_input: bool,
-    size: u64,
-    out: SyncSender<Vec<u8>>,
-    cancel: &AtomicBool,
-    pool: &ChunkPool,
-) -> Result<Decoded, LayerError> {
     let mut compressed = BufReader::with_capacity(
         256 << 10,
         Hashing {
             inner: input,
-            hash: hash_input.then(Sha256::new),
+            hash: (check == Check::Digest).then(Sha256::new),
             n: 0,
         },
     );
@@ -217,6 +157,46 @@ fn decode_inner(
         diff_size,
     })
 }
+
+/// What [`decode`] checks of the compressed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Hash them and compare with the digest.
+    Digest,
+    /// Count them only: `input` ends only once its writer checked the digest
+    /// (a download spool).
+    SizeOnly,
+}
+
+/// Chunk buffers the reader hands back for the decoder to fill again, so a
+/// layer's tar does not cost an allocation (and its page faults) per MiB.
+#[derive(Clone, Default)]
+pub struct ChunkPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl ChunkPool {
+    fn take(&self) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.resize(CHUNK, 0);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if v.capacity() >= CHUNK {
+            if let Ok(mut p) = self.0.lock() {
+                if p.len() < POOL_MAX {
+                    p.push(v);
+                }
+            }
+        }
+    }
+}
+
+const POOL_MAX: usize = 8;
 
 /// The receiving end as a reader (EOF when the decoder is done or gone).
 /// Read buffers go back to `pool`.

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use super::spool::{Spool, SpoolWriter};
 use super::{records, unpack, PullCtx, PullError, Puller};
 use crate::containerd::{ContainerdError, LeaseResource};
-use crate::manifest::Descriptor;
+use crate::manifest::{Descriptor, DigestHasher};
 use tokio::sync::oneshot;
 
 /// Bytes per content write message.
@@ -291,7 +291,7 @@ impl ContentSink {
 struct SpoolSink {
     writer: SpoolWriter,
     pos: u64,
-    hash: BlobHash,
+    hash: DigestHasher,
 }
 
 impl Sink for SpoolSink {
@@ -302,46 +302,6 @@ impl Sink for SpoolSink {
         self.hash.update(chunk);
         self.pos += chunk.len() as u64;
         Ok(())
-    }
-}
-
-/// A blob's digest computed as its bytes arrive (the algorithms containerd
-/// registers: sha256, sha384, sha512).
-enum BlobHash {
-    Sha256(sha2::Sha256),
-    Sha384(sha2::Sha384),
-    Sha512(sha2::Sha512),
-}
-
-impl BlobHash {
-    fn for_digest(digest: &str) -> Result<BlobHash, PullError> {
-        use sha2::Digest as _;
-        match digest.split_once(':').map(|(a, _)| a) {
-            Some("sha256") => Ok(BlobHash::Sha256(sha2::Sha256::new())),
-            Some("sha384") => Ok(BlobHash::Sha384(sha2::Sha384::new())),
-            Some("sha512") => Ok(BlobHash::Sha512(sha2::Sha512::new())),
-            _ => Err(PullError::DigestMismatch(format!(
-                "blob {digest}: unsupported digest algorithm (sha256, sha384 and sha512 are)"
-            ))),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        use sha2::Digest as _;
-        match self {
-            BlobHash::Sha256(h) => h.update(data),
-            BlobHash::Sha384(h) => h.update(data),
-            BlobHash::Sha512(h) => h.update(data),
-        }
-    }
-
-    fn finish(self) -> String {
-        use sha2::Digest as _;
-        match self {
-            BlobHash::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
-            BlobHash::Sha384(h) => format!("sha384:{}", hex::encode(h.finalize())),
-            BlobHash::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
-        }
     }
 }
 
@@ -477,10 +437,10 @@ async fn fetch_into(
 /// Download a blob into a spool handed to the native unpack at once (through
 /// `spooled`) while it also reaches containerd's content store, off the
 /// unpack's path: when cri-imaged can see containerd's ingest directory the
-/// spool *is* containerd's ingest file (containerd verifies it on resume and
-/// commits it; no byte crosses gRPC), else a copy task streams the spool
-/// through the content Write API. Present content is not downloaded (and
-/// `spooled` is dropped: the unpack reads containerd's copy).
+/// spool *is* containerd's ingest file, and once verified it is put in place
+/// as the blob file (`place.rs`); else a copy task streams the spool through
+/// the content Write API. Present content is not downloaded (and `spooled`
+/// is dropped: the unpack reads containerd's copy).
 pub async fn fetch_blob_spooled(
     ctx: &Arc<PullCtx>,
     desc: &Descriptor,
@@ -545,8 +505,8 @@ pub async fn fetch_blob_spooled(
 /// the pull runs: each open is a metadata transaction (an fsync) that the
 /// snapshot chain's Prepare and Commit would queue behind, and for small
 /// layers those transactions, not the bytes, are the pull's time. They are
-/// spooled to `spool_dir` and stored through the Write API once the pull is
-/// done. Larger blobs are downloaded straight into containerd's ingest file.
+/// spooled to `spool_dir` and stored once the pull is done. Larger blobs are
+/// downloaded straight into containerd's ingest file.
 const DEFER_OPEN_BELOW: u64 = 4 << 20;
 
 /// A small layer: downloaded into a spool of our own, its write in the
@@ -648,7 +608,16 @@ async fn spool_and_store(
     let mut sink = SpoolSink {
         writer: spool.writer(),
         pos: 0,
-        hash: BlobHash::for_digest(&desc.digest)?,
+        hash: desc
+            .digest
+            .split_once(':')
+            .and_then(|(algo, _)| DigestHasher::for_algorithm(algo))
+            .ok_or_else(|| {
+                PullError::DigestMismatch(format!(
+                    "blob {}: unsupported digest algorithm (sha256, sha384 and sha512 are)",
+                    desc.digest
+                ))
+            })?,
     };
     download(ctx, desc, 0, &mut sink).await?;
     let got = sink.hash.finish();
@@ -668,9 +637,10 @@ const STORE_RETRIES: usize = 120;
 const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Commit the spooled blob to containerd's content store: through `writer`
-/// (an open write following the spool), else by reopening the write once the
-/// spool is complete (containerd resumes from its ingest file, hashing it,
-/// and reports where it stands; what it lacks goes through the Write API).
+/// (an open write following the spool); else, once the spool is complete,
+/// as its blob file put in place (`place_blob`) that the reopened write
+/// adopts, or by reopening the write and sending what containerd's ingest
+/// lacks through the Write API.
 async fn store_from_spool(
     ctx: &PullCtx,
     desc: &Descriptor,

@@ -100,22 +100,7 @@ fn copy_into(content_root: &Path, file: &File, target: &Path) -> io::Result<Plac
 /// Remove what a killed cri-imaged left in `<content root>/cri-imaged-tmp`
 /// (files named `<pid>-<random>`). Runs at start.
 pub fn cleanup(content_root: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(content_root.join(TMP_DIR)) else {
-        return 0;
-    };
-    let me = std::process::id();
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| p != me && super::unpack::pid_is_cri_imaged(p)) {
-            continue;
-        }
-        if std::fs::remove_file(e.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+    super::unpack::remove_dead_leftovers(&content_root.join(TMP_DIR), |p| std::fs::remove_file(p))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //!
 //! A named spool (`Spool::create_named`) is a file that outlives a killed
 //! process, with a small JSON record beside it (digest, size, labels): the
-//! blob is stored in containerd's content store only after the pull, and a
-//! restarted cri-imaged commits what a killed one left (`recover.rs`).
+//! blob is stored in containerd's content store only after the pull (put in
+//! place as its blob file, `place.rs`), and a restarted cri-imaged commits
+//! what a killed one left (`recover.rs`).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -31,10 +32,8 @@ pub struct Spool {
     file: File,
     /// A named spool's data file and its record, removed when dropped.
     named: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// The data file's name, when it has one, and whether it is
-    /// containerd's own ingest file.
-    path: Option<std::path::PathBuf>,
-    in_ingest: bool,
+    /// containerd's own ingest file, when the spool is that (`open_at`).
+    ingest: Option<std::path::PathBuf>,
     inner: Mutex<(u64, State)>,
     /// The length a blocked reader waits for (changed under `inner`'s lock):
     /// the writer wakes readers only when a read of `READ_BATCH` bytes (or
@@ -87,7 +86,6 @@ impl Spool {
                 let _ = std::fs::remove_file(&meta);
             })?;
         let mut s = Spool::bare(file);
-        s.path = Some(data.clone());
         s.named = Some((data, meta));
         Ok(Arc::new(s))
     }
@@ -101,19 +99,23 @@ impl Spool {
             .truncate(true)
             .open(path)?;
         let mut s = Spool::bare(file);
-        s.path = Some(path.to_path_buf());
-        s.in_ingest = true;
+        s.ingest = Some(path.to_path_buf());
         Ok(Arc::new(s))
     }
 
     /// The data file and its name, when it has one.
     pub fn named_file(&self) -> Option<(&File, &Path)> {
-        Some((&self.file, self.path.as_deref()?))
+        let path = match (&self.named, &self.ingest) {
+            (Some((data, _)), _) => data,
+            (None, Some(ingest)) => ingest,
+            (None, None) => return None,
+        };
+        Some((&self.file, path))
     }
 
     /// Whether the data file is containerd's ingest file (`open_at`).
     pub fn in_ingest(&self) -> bool {
-        self.in_ingest
+        self.ingest.is_some()
     }
 
     fn with_file(file: File) -> Arc<Spool> {
@@ -124,8 +126,7 @@ impl Spool {
         Spool {
             file,
             named: None,
-            path: None,
-            in_ingest: false,
+            ingest: None,
             inner: Mutex::new((0, State::Open)),
             wake_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             cond: Condvar::new(),

@@ -214,23 +214,9 @@ pub async fn run(base: oneshot::Receiver<Option<Target>>, jobs: Vec<Job>) {
 /// Remove staging directories a killed cri-imaged left under
 /// `<snapshotter_root>/cri-imaged-staging`. Runs at start.
 pub fn cleanup(snapshotter_root: &Path) -> usize {
-    let dir = snapshotter_root.join(STAGING_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return 0;
-    };
-    let me = std::process::id();
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| p == me || super::unpack::pid_is_cri_imaged(p)) {
-            continue;
-        }
-        if std::fs::remove_dir_all(e.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+    super::unpack::remove_dead_leftovers(&snapshotter_root.join(STAGING_DIR), |p| {
+        std::fs::remove_dir_all(p)
+    })
 }
 
 #[cfg(test)]

@@ -585,7 +585,6 @@ pub async fn cleanup_interrupted(
     cd: &crate::containerd::Containerd,
     snapshotters: &[String],
 ) -> Result<usize, ContainerdError> {
-    let me = std::process::id();
     let mut removed = 0;
     for sn in snapshotters {
         let infos = match cd.list_snapshots(sn).await {
@@ -601,11 +600,8 @@ pub async fn cleanup_interrupted(
             if info.kind != containerd_client::services::v1::snapshots::Kind::Active as i32 {
                 continue;
             }
-            let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-            if let Some(pid) = pid {
-                if pid == me || pid_is_cri_imaged(pid) {
-                    continue;
-                }
+            if owner_is_alive(rest) {
+                continue;
             }
             match cd.remove_snapshot(sn, &info.name).await {
                 Ok(()) | Err(ContainerdError::NotFound(_)) => {
@@ -619,6 +615,29 @@ pub async fn cleanup_interrupted(
         }
     }
     Ok(removed)
+}
+
+/// Whether a leftover named `<pid>-…` is this process's or another running
+/// cri-imaged's (and must stay).
+pub(super) fn owner_is_alive(name: &str) -> bool {
+    let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    pid.is_some_and(|p| p == std::process::id() || pid_is_cri_imaged(p))
+}
+
+/// Remove with `remove` every entry of `dir` whose owner (`owner_is_alive`)
+/// is gone; returns how many went. Runs at start.
+pub(super) fn remove_dead_leftovers(
+    dir: &std::path::Path,
+    remove: impl Fn(&std::path::Path) -> std::io::Result<()>,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| !owner_is_alive(&e.file_name().to_string_lossy()))
+        .filter(|e| remove(&e.path()).is_ok())
+        .count()
 }
 
 /// Is `pid` a running cri-imaged (in our pid namespace)?
