@@ -871,8 +871,10 @@ async fn one_millisecond_deadline_is_deadline_exceeded() {
 async fn crash_mid_pull_then_resume() {
     let env = TestEnv::start();
     let mut b = ImageBuilder::new();
+    // Above 32 MiB: downloaded straight into containerd's ingest files,
+    // which a retried pull resumes (smaller ones are spooled).
     for i in 0..4 {
-        b = b.layer(Layer::random(8 << 20, 90 + i), Compression::None);
+        b = b.layer(Layer::random(33 << 20, 90 + i), Compression::None);
     }
     let img = b.build();
     env.push("crash/img", Some("v1"), &img).await;

@@ -565,7 +565,7 @@ async fn discard_unpacked_layers_keeps_only_snapshots() {
 }
 
 /// Where a layer's compressed blob goes during the pull: a small one (under
-/// 4 MiB) into a spool of our own (no content-store transaction while the
+/// 32 MiB) into a spool of our own (no content-store transaction while the
 /// snapshots are being made); a large one straight into containerd's ingest
 /// file. Once the pull is done, both are put in place as the content store's
 /// blob files (verified by us, read-only, no ingest left) and containerd
@@ -575,7 +575,7 @@ async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
     let env = TestEnv::start();
     let img = ImageBuilder::new()
         .layer(Layer::random(64 << 10, 71), Compression::Gzip)
-        .layer(Layer::random(5 << 20, 72), Compression::None)
+        .layer(Layer::random(33 << 20, 72), Compression::None)
         .build();
     env.push("diff/sizes", Some("v1"), &img).await;
     let d = cri_imaged!().start(&env.containerd);

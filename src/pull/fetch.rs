@@ -449,7 +449,7 @@ pub async fn fetch_blob_spooled(
     spooled: oneshot::Sender<Arc<Spool>>,
 ) -> Result<Fetched, PullError> {
     let size = desc.size.max(0) as u64;
-    if size < DEFER_OPEN_BELOW {
+    if size < defer_open_below() {
         // Here already (a read, no transaction)? Then it joins the lease, and
         // is looked at again in case it was collected in between.
         if ctx.cd.content_info(&desc.digest).await?.is_some() {
@@ -502,12 +502,29 @@ pub async fn fetch_blob_spooled(
 }
 
 /// Blobs smaller than this open no write in containerd's content store while
-/// the pull runs: each open is a metadata transaction (an fsync) that the
-/// snapshot chain's Prepare and Commit would queue behind, and for small
-/// layers those transactions, not the bytes, are the pull's time. They are
-/// spooled to `spool_dir` and stored once the pull is done. Larger blobs are
-/// downloaded straight into containerd's ingest file.
-const DEFER_OPEN_BELOW: u64 = 4 << 20;
+/// the pull runs: each open is a metadata transaction (an fsync, and an
+/// ingest directory made) that the snapshot chain's Prepare and Commit queue
+/// behind, and the chain, not the bytes, is what a pull of many layers waits
+/// for (with 10 x 6 MB layers on containerd 2.1, 32 instead of 4 MiB here
+/// made the pull 15-25 % faster; BENCHMARKS.md). They are spooled to
+/// `spool_dir` and stored once the pull is done; a crash mid-download costs
+/// at most this much downloaded again. Larger blobs are downloaded straight
+/// into containerd's ingest file, which a retried pull resumes with a Range
+/// request.
+const DEFER_OPEN_BELOW: u64 = 32 << 20;
+
+/// `DEFER_OPEN_BELOW`, or `CRI_IMAGED_DEFER_OPEN_MIB` (MiB) for measuring
+/// what the deferral buys (BENCHMARKS.md); not a configuration key.
+fn defer_open_below() -> u64 {
+    static N: once_cell::sync::Lazy<u64> = once_cell::sync::Lazy::new(|| {
+        std::env::var("CRI_IMAGED_DEFER_OPEN_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|m| m << 20)
+            .unwrap_or(DEFER_OPEN_BELOW)
+    });
+    *N
+}
 
 /// A small layer: downloaded into a spool of our own, its write in the
 /// content store opened only when the pull is done.
@@ -629,6 +646,7 @@ async fn spool_and_store(
         )));
     }
     sink.writer.complete();
+    tracing::debug!(digest = %desc.digest, size = sink.pos, "blob downloaded and verified");
     Ok(Fetched::Storing(spool))
 }
 

@@ -193,7 +193,15 @@ pub async fn run(base: oneshot::Receiver<Option<Target>>, jobs: Vec<Job>) {
             lowers: base.lowers.clone(),
             whiteouts,
         };
-        match apply_native(&job.layer, &job.diff_id, decoding, t, below.clone()).await {
+        let t0 = std::time::Instant::now();
+        let r = apply_native(&job.layer, &job.diff_id, decoding, t, below.clone()).await;
+        tracing::debug!(
+            layer = %job.layer.digest,
+            staged = k > 0,
+            apply_us = t0.elapsed().as_micros() as u64,
+            "layer written"
+        );
+        match r {
             Ok(()) => {
                 if let Some(id) = dir_id(&fd) {
                     ids.insert(0, id);
