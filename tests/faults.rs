@@ -665,7 +665,7 @@ async fn oversized_manifest_and_redirect_loop_fail_cleanly() {
     let mut big =
         br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"pad":""#
             .to_vec();
-    big.extend(std::iter::repeat(b'a').take(5 << 20));
+    big.extend(std::iter::repeat_n(b'a', 5 << 20));
     big.extend_from_slice(br#""}}"#);
     pe.proxy.add(Rule::new(
         "/faults/big/manifests/",

@@ -17,10 +17,13 @@ use tonic::transport::Channel;
 
 // ---------------------------------------------------------------- helpers
 
+/// A sample's labels, as (name, value) pairs.
+type Labels = Vec<(String, String)>;
+
 /// A parsed scrape: "name{k="v",...}" (labels as rendered) -> value.
 struct Scrape {
     text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<(String, Labels, f64)>,
 }
 
 impl Scrape {

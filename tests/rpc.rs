@@ -431,7 +431,7 @@ async fn out_of_band_ctr_changes_show_within_a_second() {
     let t = status(&mut theirs, &r2)
         .await
         .expect("containerd CRI status");
-    assert_eq!((t.id, t.size, t.uid), (s.id.clone(), s.size, s.uid.clone()));
+    assert_eq!((t.id, t.size, t.uid), (s.id.clone(), s.size, s.uid));
     // and RemoveImage removes ctr's records as well
     remove(&mut c, &r2).await.expect("remove");
     let left = records_of(&env.containerd, "oob/ctr", &other.config_digest);

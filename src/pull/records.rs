@@ -45,29 +45,6 @@ fn hostname(domain: &str) -> &str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_label_drops_the_port_like_containerd() {
-        let key = |d| source_label(d, "r").0;
-        assert_eq!(
-            key("docker.io"),
-            "containerd.io/distribution.source.docker.io"
-        );
-        assert_eq!(
-            key("localhost:5000"),
-            "containerd.io/distribution.source.localhost"
-        );
-        assert_eq!(
-            key("127.0.0.1:43211"),
-            "containerd.io/distribution.source.127.0.0.1"
-        );
-        assert_eq!(key("[::1]:5000"), "containerd.io/distribution.source.::1");
-    }
-}
-
 /// Write config, manifest and indexes (children first), each with the GC
 /// references to what it needs: config -> top snapshot, manifest -> config
 /// and layers, index -> its entries.
@@ -173,5 +150,28 @@ impl Puller {
                 .map(|r| r.with_default_tag().to_string() == reference.to_string())
                 .unwrap_or(false)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_label_drops_the_port_like_containerd() {
+        let key = |d| source_label(d, "r").0;
+        assert_eq!(
+            key("docker.io"),
+            "containerd.io/distribution.source.docker.io"
+        );
+        assert_eq!(
+            key("localhost:5000"),
+            "containerd.io/distribution.source.localhost"
+        );
+        assert_eq!(
+            key("127.0.0.1:43211"),
+            "containerd.io/distribution.source.127.0.0.1"
+        );
+        assert_eq!(key("[::1]:5000"), "containerd.io/distribution.source.::1");
     }
 }

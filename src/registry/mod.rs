@@ -214,7 +214,7 @@ fn schema1_error(domain: &str, repo: &str, reference: &str) -> RegistryError {
 /// One request that [`Registries::first_host`] tries host by host.
 trait HostRequest {
     type Output;
-    fn from_host(
+    fn send_to_host(
         &self,
         registries: &Registries,
         t: &Target<'_>,
@@ -228,7 +228,7 @@ struct ManifestRequest<'r> {
 
 impl HostRequest for ManifestRequest<'_> {
     type Output = Manifest;
-    async fn from_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Manifest> {
+    async fn send_to_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Manifest> {
         registries
             .manifest_from(t, self.reference, self.by_digest)
             .await
@@ -242,7 +242,7 @@ struct BlobRequest<'r> {
 
 impl HostRequest for BlobRequest<'_> {
     type Output = Blob;
-    async fn from_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Blob> {
+    async fn send_to_host(&self, registries: &Registries, t: &Target<'_>) -> HostOutcome<Blob> {
         registries.blob_from(t, self.digest, self.offset).await
     }
 }
@@ -511,7 +511,7 @@ impl Registries {
         }
         let mut errors = vec![];
         for t in &targets {
-            match req.from_host(self, t).await {
+            match req.send_to_host(self, t).await {
                 HostOutcome::Done(v) => return Ok(v),
                 HostOutcome::NotFound => {
                     tracing::debug!(host = %t.ep_host, %name, "{kind} not found on host");

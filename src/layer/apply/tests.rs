@@ -189,7 +189,7 @@ fn writes_files_dirs_links_devices_with_attributes() {
         1_600_000_000,
         "dir times set last"
     );
-    let v = rfs::getxattr(&r.join("etc/xattr"), "user.test", &mut [0u8; 16]).unwrap();
+    let v = rfs::getxattr(r.join("etc/xattr"), "user.test", &mut [0u8; 16]).unwrap();
     assert_eq!(v, 2);
     assert_eq!(
         std::fs::read(r.join("d\u{e9}j\u{e0}/\u{1F600}")).unwrap(),
@@ -231,7 +231,7 @@ fn overlay_whiteouts_become_devices_and_opaque_xattrs() {
     assert!(wh.file_type().is_char_device());
     assert_eq!((wh.rdev(), wh.mode() & 0o7777), (0, 0));
     let mut v = [0u8; 4];
-    let n = rfs::getxattr(&d.root.join("a"), "trusted.overlay.opaque", &mut v).unwrap();
+    let n = rfs::getxattr(d.root.join("a"), "trusted.overlay.opaque", &mut v).unwrap();
     assert_eq!(&v[..n], b"y");
     assert!(!d.root.join(".wh.gone").exists() && !d.root.join("a/.wh..wh..opq").exists());
 }
@@ -282,13 +282,19 @@ fn missing_parents_take_the_lower_layers_attributes() {
     )
     .unwrap();
     rfs::chown(
-        &lower.join("usr/share"),
+        lower.join("usr/share"),
         Some(rfs::Uid::from_raw(7)),
         Some(rfs::Gid::from_raw(8)),
     )
     .unwrap();
     let tar = T::new().file("usr/share/doc/x", b"").bytes();
-    apply_with(&d.root, &tar, Whiteouts::Overlay, &[lower.clone()]).unwrap();
+    apply_with(
+        &d.root,
+        &tar,
+        Whiteouts::Overlay,
+        std::slice::from_ref(&lower),
+    )
+    .unwrap();
     let m = std::fs::metadata(d.root.join("usr/share")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o750));
     let doc = std::fs::metadata(d.root.join("usr/share/doc")).unwrap();
