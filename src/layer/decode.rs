@@ -175,14 +175,14 @@ pub struct ChunkPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl ChunkPool {
     fn take(&self) -> Vec<u8> {
-        let mut v = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
-        v.resize(CHUNK, 0);
-        v
+        match self.0.lock().ok().and_then(|mut p| p.pop()) {
+            Some(mut v) => {
+                v.resize(CHUNK, 0);
+                v
+            }
+            // calloc: fresh zero pages from the kernel, not zeroed twice.
+            None => vec![0; CHUNK],
+        }
     }
 
     fn give(&self, v: Vec<u8>) {
