@@ -152,7 +152,12 @@ fn corpus() -> Vec<(Layer, BTreeSet<String>, Compression)> {
         .dir_o("tmp/", 0o1777, 0)
         .file("tmp/.wh..wh..opq", b"")
         .layer();
-    let l5 = T::new().dir("etc/").file("etc/last", b"top").layer();
+    let l5 = T::new()
+        .dir("etc/")
+        .file("etc/last", b"top")
+        // etc/xdir/ is not in this layer: it takes layer 1's xattr.
+        .file("etc/xdir/added", b"in a lower directory")
+        .layer();
     vec![
         (l1.0, l1.1, Compression::Gzip),
         (l2.0, l2.1, Compression::Zstd),

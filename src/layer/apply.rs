@@ -673,7 +673,10 @@ impl Applier {
                     tv_nsec: st.st_mtime_nsec as _,
                 },
             };
-            let src = proc_path(found.as_fd(), b"");
+            // `<fd>/.`: through the descriptor's magic link to the directory
+            // itself (the l*xattr calls do not follow a last component, and
+            // the bare magic link is that last component).
+            let src = proc_path(found.as_fd(), b".");
             if let Ok(names) = list_xattrs(&src) {
                 for k in names
                     .iter()

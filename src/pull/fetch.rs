@@ -636,14 +636,20 @@ async fn spool_and_store(
                 ))
             })?,
     };
-    download(ctx, desc, 0, &mut sink).await?;
+    if let Err(e) = download(ctx, desc, 0, &mut sink).await {
+        // Recorded before the writer is dropped uncompleted (which fails
+        // the unpack reading the spool): the unpack reports this cause.
+        spool.set_failure(e.clone());
+        return Err(e);
+    }
     let got = sink.hash.finish();
     if got != desc.digest {
-        // The writer is dropped uncompleted: the unpack reading it fails.
-        return Err(PullError::DigestMismatch(format!(
+        let e = PullError::DigestMismatch(format!(
             "blob {} from {}/{}: the registry sent {} bytes whose digest is {got}",
             desc.digest, ctx.domain, ctx.repo, sink.pos
-        )));
+        ));
+        spool.set_failure(e.clone());
+        return Err(e);
     }
     sink.writer.complete();
     tracing::debug!(digest = %desc.digest, size = sink.pos, "blob downloaded and verified");

@@ -43,6 +43,9 @@ pub struct Spool {
     notify: Notify,
     /// Whether the blob made it into containerd's content store (None: not yet).
     stored: tokio::sync::watch::Sender<Option<bool>>,
+    /// Why the download failed, for the unpack reading it to report that
+    /// (the cause) rather than its own "abandoned".
+    failure: Mutex<Option<super::PullError>>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -132,7 +135,18 @@ impl Spool {
             cond: Condvar::new(),
             notify: Notify::new(),
             stored: tokio::sync::watch::channel(None).0,
+            failure: Mutex::new(None),
         }
+    }
+
+    /// Record why the download failed (before its writer is dropped).
+    pub fn set_failure(&self, e: super::PullError) {
+        self.failure.lock().get_or_insert(e);
+    }
+
+    /// Why the download failed, when it did.
+    pub fn failure(&self) -> Option<super::PullError> {
+        self.failure.lock().clone()
     }
 
     /// The content-store write of this blob ended (`ok`: committed).

@@ -74,6 +74,8 @@ pub(super) struct Decoding {
     cancel: CancelOnDrop,
     _permit: OwnedSemaphorePermit,
     pool: layer::ChunkPool,
+    /// The download it reads (for the download's own error).
+    spool: Arc<Spool>,
 }
 
 fn start_decoder(
@@ -86,6 +88,7 @@ fn start_decoder(
     let cancel = Arc::new(AtomicBool::new(false));
     let (flag, digest, size) = (cancel.clone(), desc.digest.clone(), desc.size.max(0) as u64);
     let pool2 = pool.clone();
+    let spool2 = spool.clone();
     let task = tokio::task::spawn_blocking(move || {
         // The spool ends only once the download matched the digest.
         let check = layer::Check::SizeOnly;
@@ -97,6 +100,7 @@ fn start_decoder(
         cancel: CancelOnDrop(cancel),
         _permit: permit,
         pool: pool.clone(),
+        spool: spool2,
     }
 }
 
@@ -542,6 +546,7 @@ pub(super) async fn apply_native(
         cancel,
         _permit,
         pool,
+        spool,
     } = d;
     let flag = cancel.0.clone();
     let applier = tokio::task::spawn_blocking(move || {
@@ -559,6 +564,12 @@ pub(super) async fn apply_native(
     let (decoded, applied) = futures::future::join(task, applier).await;
     let joined = |e: tokio::task::JoinError| PullError::Internal(format!("unpack thread: {e}"));
     let (decoded, applied) = (decoded.map_err(joined)?, applied.map_err(joined)?);
+    if decoded.is_err() || applied.is_err() {
+        // A failed download fails its reader: the download's error is the cause.
+        if let Some(e) = spool.failure() {
+            return Err(e);
+        }
+    }
     let decoded = match (decoded, applied) {
         // The decoder's failure (digest, size, corrupt stream) explains the applier's.
         (Err(e), _) if !matches!(e, LayerError::Canceled) => return Err(layer_error(e)),
@@ -651,6 +662,46 @@ pub(super) fn pid_is_cri_imaged(pid: u32) -> bool {
 mod tests {
     use super::*;
     use containerd_client::types::Mount;
+
+    /// When a download fails, the unpack reading its spool fails too; the
+    /// error the pull reports must be the download's (here: a stall), not
+    /// the reader's "abandoned", whichever of the two is seen first.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unpack_reports_its_failed_downloads_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::create(tmp.path()).unwrap();
+        let w = spool.writer();
+        w.write_at(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0], 0).unwrap();
+        let desc = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 1 << 20,
+            platform: None,
+            annotations: None,
+            urls: None,
+        };
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let d = start_decoder(spool.clone(), &desc, permit, &layer::ChunkPool::default());
+        let stalled = PullError::Stalled {
+            digest: desc.digest.clone(),
+            after: Duration::from_secs(2),
+            received: 8,
+            total: 1 << 20,
+        };
+        spool.set_failure(stalled);
+        drop(w);
+        let upper = tmp.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        let t = Target {
+            upper,
+            lowers: Vec::new(),
+            whiteouts: Whiteouts::Overlay,
+        };
+        let e = apply_native(&desc, "sha256:x", d, t, Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PullError::Stalled { .. }), "{e}");
+    }
 
     fn mount(ty: &str, source: &str, options: &[&str]) -> Mount {
         Mount {

@@ -445,3 +445,52 @@ fn devices_are_created_inside_only() {
         .file_type()
         .is_block_device());
 }
+
+/// A hardlink whose target only a lower layer has: containerd's applier
+/// (which writes the upper directory directly, as this one does) fails the
+/// layer with ENOENT; so does this one, cleanly, creating nothing for it.
+#[test]
+fn hardlink_to_a_lower_layers_file_fails_as_in_containerd() {
+    let d = dirs();
+    let lower = d.root.parent().unwrap().join("lower");
+    std::fs::create_dir_all(lower.join("bin")).unwrap();
+    std::fs::write(lower.join("bin/tool"), b"the tool").unwrap();
+    let tar = T::new().hardlink("etc/tool-link", "bin/tool").bytes();
+    let e = apply_with(
+        &d.root,
+        &tar,
+        Whiteouts::Overlay,
+        std::slice::from_ref(&lower),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("hardlink target"), "{e}");
+    assert!(!d.root.join("bin/tool").exists());
+    assert!(!d.root.join("etc/tool-link").exists());
+}
+
+/// A missing parent takes the lower directory's xattrs too (overlayfs'
+/// copy-up of the directory, when containerd writes into the mounted view).
+#[test]
+fn missing_parents_take_the_lower_layers_xattrs() {
+    let d = dirs();
+    let lower = d.root.parent().unwrap().join("lower");
+    std::fs::create_dir_all(lower.join("usr/share")).unwrap();
+    rfs::setxattr(
+        lower.join("usr/share"),
+        "user.dir",
+        b"lower",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    let tar = T::new().file("usr/share/doc/x", b"").bytes();
+    apply_with(
+        &d.root,
+        &tar,
+        Whiteouts::Overlay,
+        std::slice::from_ref(&lower),
+    )
+    .unwrap();
+    let mut v = [0u8; 16];
+    let n = rfs::getxattr(d.root.join("usr/share"), "user.dir", &mut v).expect("xattr copied");
+    assert_eq!(&v[..n], b"lower");
+}
