@@ -162,6 +162,11 @@ pub enum DigestHasher {
 }
 
 impl DigestHasher {
+    /// For the algorithm `algo:hex` names.
+    pub fn for_digest(digest: &str) -> Option<DigestHasher> {
+        DigestHasher::for_algorithm(digest.split_once(':')?.0)
+    }
+
     pub fn for_algorithm(algo: &str) -> Option<DigestHasher> {
         use sha2::Digest as _;
         match algo {

@@ -625,34 +625,29 @@ async fn spool_and_store(
     let mut sink = SpoolSink {
         writer: spool.writer(),
         pos: 0,
-        hash: desc
-            .digest
-            .split_once(':')
-            .and_then(|(algo, _)| DigestHasher::for_algorithm(algo))
-            .ok_or_else(|| {
-                PullError::DigestMismatch(format!(
-                    "blob {}: unsupported digest algorithm (sha256, sha384 and sha512 are)",
-                    desc.digest
-                ))
-            })?,
+        hash: DigestHasher::for_digest(&desc.digest).ok_or_else(|| {
+            PullError::DigestMismatch(format!(
+                "blob {}: unsupported digest algorithm (sha256, sha384 and sha512 are)",
+                desc.digest
+            ))
+        })?,
     };
-    if let Err(e) = download(ctx, desc, 0, &mut sink).await {
-        // Recorded before the writer is dropped uncompleted (which fails
-        // the unpack reading the spool): the unpack reports this cause.
-        spool.set_failure(e.clone());
+    let downloaded = download(ctx, desc, 0, &mut sink).await;
+    let SpoolSink { writer, pos, hash } = sink;
+    let verified = downloaded.and_then(|()| match hash.finish() {
+        got if got == desc.digest => Ok(()),
+        got => Err(PullError::DigestMismatch(format!(
+            "blob {} from {}/{}: the registry sent {pos} bytes whose digest is {got}",
+            desc.digest, ctx.domain, ctx.repo
+        ))),
+    });
+    if let Err(e) = verified {
+        // The unpack reading the spool fails too, and reports this cause.
+        writer.fail(e.clone());
         return Err(e);
     }
-    let got = sink.hash.finish();
-    if got != desc.digest {
-        let e = PullError::DigestMismatch(format!(
-            "blob {} from {}/{}: the registry sent {} bytes whose digest is {got}",
-            desc.digest, ctx.domain, ctx.repo, sink.pos
-        ));
-        spool.set_failure(e.clone());
-        return Err(e);
-    }
-    sink.writer.complete();
-    tracing::debug!(digest = %desc.digest, size = sink.pos, "blob downloaded and verified");
+    writer.complete();
+    tracing::debug!(digest = %desc.digest, size = pos, "blob downloaded and verified");
     Ok(Fetched::Storing(spool))
 }
 

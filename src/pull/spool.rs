@@ -139,12 +139,7 @@ impl Spool {
         }
     }
 
-    /// Record why the download failed (before its writer is dropped).
-    pub fn set_failure(&self, e: super::PullError) {
-        self.failure.lock().get_or_insert(e);
-    }
-
-    /// Why the download failed, when it did.
+    /// Why the download failed, when it did (`SpoolWriter::fail`).
     pub fn failure(&self) -> Option<super::PullError> {
         self.failure.lock().clone()
     }
@@ -272,6 +267,12 @@ impl SpoolWriter {
     pub fn complete(mut self) {
         self.done = true;
         self.spool.set(|s| s.1 = State::Complete);
+    }
+
+    /// The download failed with `e`: recorded before the readers are
+    /// failed, so the unpack reading the spool can report this cause.
+    pub fn fail(self, e: super::PullError) {
+        self.spool.failure.lock().get_or_insert(e);
     }
 }
 

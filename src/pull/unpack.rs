@@ -688,8 +688,7 @@ mod tests {
             received: 8,
             total: 1 << 20,
         };
-        spool.set_failure(stalled);
-        drop(w);
+        w.fail(stalled);
         let upper = tmp.path().join("upper");
         std::fs::create_dir(&upper).unwrap();
         let t = Target {

@@ -110,6 +110,11 @@ fn apply_with(
     )
 }
 
+/// Into an overlay upper directory above the one lower layer `lower`.
+fn apply_over(root: &Path, tar: &[u8], lower: &Path) -> Result<ApplyStats, LayerError> {
+    apply_with(root, tar, Whiteouts::Overlay, &[lower.to_path_buf()])
+}
+
 /// Every path under `dir` (relative), sorted.
 fn tree(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -288,13 +293,7 @@ fn missing_parents_take_the_lower_layers_attributes() {
     )
     .unwrap();
     let tar = T::new().file("usr/share/doc/x", b"").bytes();
-    apply_with(
-        &d.root,
-        &tar,
-        Whiteouts::Overlay,
-        std::slice::from_ref(&lower),
-    )
-    .unwrap();
+    apply_over(&d.root, &tar, &lower).unwrap();
     let m = std::fs::metadata(d.root.join("usr/share")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o750));
     let doc = std::fs::metadata(d.root.join("usr/share/doc")).unwrap();
@@ -456,13 +455,7 @@ fn hardlink_to_a_lower_layers_file_fails_as_in_containerd() {
     std::fs::create_dir_all(lower.join("bin")).unwrap();
     std::fs::write(lower.join("bin/tool"), b"the tool").unwrap();
     let tar = T::new().hardlink("etc/tool-link", "bin/tool").bytes();
-    let e = apply_with(
-        &d.root,
-        &tar,
-        Whiteouts::Overlay,
-        std::slice::from_ref(&lower),
-    )
-    .unwrap_err();
+    let e = apply_over(&d.root, &tar, &lower).unwrap_err();
     assert!(e.to_string().contains("hardlink target"), "{e}");
     assert!(!d.root.join("bin/tool").exists());
     assert!(!d.root.join("etc/tool-link").exists());
@@ -483,13 +476,7 @@ fn missing_parents_take_the_lower_layers_xattrs() {
     )
     .unwrap();
     let tar = T::new().file("usr/share/doc/x", b"").bytes();
-    apply_with(
-        &d.root,
-        &tar,
-        Whiteouts::Overlay,
-        std::slice::from_ref(&lower),
-    )
-    .unwrap();
+    apply_over(&d.root, &tar, &lower).unwrap();
     let mut v = [0u8; 16];
     let n = rfs::getxattr(d.root.join("usr/share"), "user.dir", &mut v).expect("xattr copied");
     assert_eq!(&v[..n], b"lower");
