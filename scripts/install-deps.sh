@@ -3,15 +3,19 @@
 # missing. Safe to run again.
 #
 #   scripts/install-deps.sh          what running needs: containerd, protoc (build)
+#   scripts/install-deps.sh --image  also what scripts/build-image.sh needs:
+#                                    buildah, mmdebstrap, binutils (objcopy)
 #   scripts/install-deps.sh --test   also what the tests need: docker-registry,
 #                                    skopeo, promtool, htpasswd, the Go and Python
-#                                    gRPC client toolchains, busybox-static
+#                                    gRPC client toolchains, busybox-static, and
+#                                    everything --image installs
 #
 # Packages are installed without starting their services (a temporary
 # policy-rc.d denies every start), so nothing on the machine is started,
 # stopped or killed by this script.
 set -euo pipefail
-TEST=0; [ "${1:-}" = "--test" ] && TEST=1
+TEST=0 IMAGE=0
+case "${1:-}" in --test) TEST=1 IMAGE=1 ;; --image) IMAGE=1 ;; esac
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -19,6 +23,13 @@ have protoc     || need+=(protobuf-compiler)
 have containerd || need+=(containerd)
 have openssl    || need+=(openssl)
 have mount      || need+=(mount)
+if [ "$IMAGE" = 1 ]; then
+  # scripts/build-image.sh and tests/image.sh (ctr run needs runc)
+  have buildah    || need+=(buildah)
+  have mmdebstrap || need+=(mmdebstrap)
+  have objcopy    || need+=(binutils)
+  have runc       || need+=(runc)
+fi
 if [ "$TEST" = 1 ]; then
   have docker-registry || need+=(docker-registry)
   have skopeo          || need+=(skopeo)

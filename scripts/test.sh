@@ -34,6 +34,8 @@ for f in "$MATRIX"/*; do
        END { printf "containerd %s:%s\n", v, line }' "$f"
 done
 CRI_IMAGED_BIN=target/debug/cri-imaged bash tests/chart.sh
+# The container image: built from Debian packages, pushed, pulled by cri-imaged, run by containerd.
+CRI_IMAGED_BIN=target/debug/cri-imaged bash tests/image.sh
 # Smoke-sized side-by-side benchmark (debug build), so the harness cannot rot.
 CRI_IMAGED_BIN=target/debug/cri-imaged cargo test --locked --bench compare -- --smoke --out target/bench-smoke.md
 # One closing line for the whole run.

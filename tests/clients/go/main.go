@@ -46,6 +46,7 @@ func main() {
 	pass := flag.String("pass", "", "registry password")
 	timeout := flag.Duration("timeout", 2*time.Minute, "per-call timeout")
 	validateOnly := flag.Bool("validate-only", false, "only dial and call ImageFsInfo (kubelet's start-up check)")
+	pullOnly := flag.String("pull", "", "only pull this reference (no credentials) and print its image ID and repo digests")
 	flag.Parse()
 	if !strings.HasPrefix(*endpoint, "unix://") {
 		fmt.Fprintln(os.Stderr, "-endpoint must be unix:///path")
@@ -86,6 +87,10 @@ func main() {
 	check(len(fs.ImageFilesystems) == 1 && fs.ImageFilesystems[0].FsId.GetMountpoint() != "",
 		"ImageFsInfo mountpoint %q", fs.ImageFilesystems[0].FsId.GetMountpoint())
 	if *validateOnly {
+		finish()
+	}
+	if *pullOnly != "" {
+		pullAndShow(c, *pullOnly, *timeout)
 		finish()
 	}
 
@@ -163,4 +168,23 @@ func finish() {
 	}
 	fmt.Println("go client: all checks passed")
 	os.Exit(0)
+}
+
+// pullAndShow pulls ref as kubelet does for a public image and prints what
+// ImageStatus then reports: "image-id <id>" and one "repo-digest <d>" a line.
+func pullAndShow(c runtimeapi.ImageServiceClient, ref string, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	spec := &runtimeapi.ImageSpec{Image: ref}
+	pr, err := c.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec})
+	check(err == nil, "PullImage %s: ref=%q err=%v", ref, pr.GetImageRef(), err)
+	if err != nil {
+		return
+	}
+	st, err := c.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: spec})
+	check(err == nil && st.GetImage().GetId() == pr.GetImageRef(), "ImageStatus %s: err=%v", ref, err)
+	fmt.Printf("image-id %s\n", pr.GetImageRef())
+	for _, d := range st.GetImage().GetRepoDigests() {
+		fmt.Printf("repo-digest %s\n", d)
+	}
 }
