@@ -66,12 +66,16 @@ cleanup() {
   fi
   env_cleanup
   pkill -f "$WORK/containerd" 2>/dev/null
+  # a pod killed with containerd leaves its socket; the directory goes if empty
+  pgrep -f /usr/local/bin/cri-imaged >/dev/null || rm -f "$SOCK"
+  rmdir /run/cri-imaged 2>/dev/null
   for s in "${SYSCTLS[@]}"; do sysctl -qw "$s=${SAVED[$s]}"; done
   grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
   [ -n "${KEEP_WORK:-}" ] && echo "work dir kept: $WORK" || rm -rf "$WORK"
   return 0
 }
 trap cleanup EXIT
+trap "exit 1" INT TERM
 step() { echo; echo "=== $*"; }
 die() { echo "cluster-e2e.sh: FAILED: $*" >&2; exit 1; }
 wait_for() { # wait_for SECONDS WHAT CMD...: retry CMD each second
@@ -135,7 +139,7 @@ wait_for 120 "kube-apiserver /readyz" "${K[@]}" get --raw /readyz
 "$(bin kube-controller-manager)" --kubeconfig "$WORK/controller-manager.kubeconfig" --leader-elect=false \
   --bind-address 127.0.0.1 --secure-port "$(free_port)" --service-account-private-key-file "$PKI/sa.key" \
   --root-ca-file "$PKI/ca.crt" --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-  --use-service-account-credentials=false >"$WORK/kube-controller-manager.log" 2>&1 &
+  --use-service-account-credentials=true >"$WORK/kube-controller-manager.log" 2>&1 &
 PIDS+=($!)
 "$(bin kube-scheduler)" --kubeconfig "$WORK/scheduler.kubeconfig" --leader-elect=false \
   --bind-address 127.0.0.1 --secure-port "$(free_port)" >"$WORK/kube-scheduler.log" 2>&1 &
@@ -221,7 +225,7 @@ EOF
     --root-dir "$WORK/kubelet" --cert-dir "$WORK/kubelet/pki" --hostname-override "$NODE" \
     --pod-infra-container-image registry.k8s.io/pause:3.9 --v=2 >>"$WORK/kubelet.log" 2>&1 &
   KPID=$!
-  echo "kubelet (pid $KPID) image service: ${ise:-containerd's own CRI}"
+  echo "kubelet (pid $KPID) image service: ${ise:-containerd CRI, the runtime}"
 }
 node_ready() {
   [ "$("${K[@]}" get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
@@ -259,7 +263,10 @@ sleep 15
   die "the cri-imaged pod restarted after the switch"
 grep -q "imageServiceEndpoint: unix://$SOCK" "$WORK/kubelet.yaml"
 show
-echo "kubelet asked cri-imaged about its own image: $(curl -s "http://$METRICS/metrics" | grep -E '^cri_imaged_grpc_requests_total\{method="ImageStatus"' | head -3 | tr '\n' ' ')"
+echo "kubelet's calls to cri-imaged so far:"
+curl -s "http://$METRICS/metrics" | grep -E '^cri_imaged_grpc_requests_total' | sed 's/^/   /'
+curl -s "http://$METRICS/metrics" | grep -qE '^cri_imaged_grpc_requests_total\{code="OK",method="ImageFsInfo"\} [1-9]' ||
+  die "kubelet did not call cri-imaged's ImageFsInfo"
 
 # --- 4. a Deployment through cri-imaged ----------------------------------------
 deployment() { # deployment NAME IMAGE
@@ -334,8 +341,8 @@ grep -qE 'PullImage.*cri-imaged:e2e-2|cri-imaged:e2e-2.*(pull|success)' "$WORK/o
   die "the old pod did not pull the new pod's image"
 NEW_LOG="$(ls /var/log/pods/kube-system_"$POD2"_*/cri-imaged/*.log | head -1)"
 echo "the new pod's log on the socket:"
-grep -E 'socket_takeover|taking it over|listening' "$NEW_LOG" | cut -c1-300 | head -5
-grep -q 'taking it over' "$NEW_LOG" || die "the new pod did not take the socket over"
+grep -E 'socket_takeover|taking it over|taken over' "$NEW_LOG" | cut -c1-300 | head -5
+grep -q 'socket taken over' "$NEW_LOG" || die "the new pod did not take the socket over"
 echo "crictl loop during the upgrade: $CALLS calls, $FAILED failed"
 [ -f "$WORK/loop.failures" ] && cat "$WORK/loop.failures"
 [ "$CALLS" -gt 0 ] && [ "$FAILED" = 0 ] || die "calls failed during the upgrade"
@@ -389,6 +396,11 @@ left="$(pgrep -af '/usr/local/bin/cri-imaged' || true)"
 files="$(find /run/cri-imaged -mindepth 1 2>/dev/null || true)"
 [ -z "$files" ] || die "files left in /run/cri-imaged: $files"
 echo "no cri-imaged process, no socket, /run/cri-imaged empty"
-"${K[@]}" scale deploy/app --replicas 1 && "${K[@]}" rollout status deploy/app --timeout 2m
+# New pods pull through containerd's own CRI again (imagePullPolicy Always).
+N0="$(grep -cE 'PullImage \\?"[^"]*e2e/app' "$CD/containerd.log" || true)"
+"${K[@]}" scale deploy/app --replicas 4 && "${K[@]}" rollout status deploy/app --timeout 2m
+N1="$(grep -cE 'PullImage \\?"[^"]*e2e/app' "$CD/containerd.log" || true)"
+echo "containerd's CRI PullImage of e2e/app after the switch back: $N0 -> $N1"
+[ "$N1" -gt "$N0" ] || die "the new replica was not pulled by containerd's own CRI"
 "${K[@]}" get deploy app web
 echo "cluster-e2e.sh: all passed"

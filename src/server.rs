@@ -33,9 +33,52 @@ const READY_POLL: Duration = Duration::from_millis(50);
 /// Concurrent RPCs one client connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Bind the CRI socket: refuse when another instance answers on it, replace a
-/// stale file, then apply mode and group.
-pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
+/// How long start-up holds the socket's callers (queued in the listen
+/// backlog) until the image index is in sync with containerd, and how long a
+/// takeover waits before it moves the socket path over anyway. Answering
+/// before that would give every caller UNAVAILABLE ("not in sync"); the
+/// index normally syncs in milliseconds.
+const START_SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// The file of the CRI socket this instance bound. With `socket_takeover` and
+/// another instance serving the path, it is bound beside the path
+/// (`<listen>.new-<pid>`) and [`SocketFile::publish`] moves it over the path
+/// once this instance can answer: until then, callers reach the old instance.
+pub struct SocketFile {
+    pending: Option<std::path::PathBuf>,
+    ino: Option<u64>,
+}
+
+impl SocketFile {
+    /// Rename a takeover's socket over `path` (atomic: new connections reach
+    /// this instance, the old one keeps its open ones). No-op otherwise.
+    pub fn publish(&mut self, path: &Path) -> anyhow::Result<()> {
+        if let Some(side) = self.pending.take() {
+            std::fs::rename(&side, path)
+                .with_context(|| format!("renaming {} over {}", side.display(), path.display()))?;
+            tracing::info!(socket = %path.display(), "socket taken over: new connections reach this instance");
+        }
+        Ok(())
+    }
+
+    /// Remove the socket file this instance bound: the side path of a
+    /// takeover that never happened, else `path` if it is still ours (a newer
+    /// instance may have taken the path over).
+    pub fn remove(&self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let file = self.pending.as_deref().unwrap_or(path);
+        match (std::fs::metadata(file), self.ino) {
+            (Ok(m), Some(i)) if m.ino() != i => {}
+            _ => {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+/// Bind the CRI socket: refuse when another instance answers on it (unless
+/// `socket_takeover`), replace a stale file, then apply mode and group.
+pub fn bind_socket(cfg: &Config) -> anyhow::Result<(UnixListener, SocketFile)> {
     let path = &cfg.listen;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -44,7 +87,7 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     let mut bind_path = path.clone();
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() && cfg.socket_takeover {
-            tracing::info!(socket = %path.display(), "another instance serves this socket; taking it over (socket_takeover)");
+            tracing::info!(socket = %path.display(), "another instance serves this socket; taking it over once the image index is in sync (socket_takeover)");
             bind_path = path.with_extension(format!("new-{}", std::process::id()));
             let _ = std::fs::remove_file(&bind_path);
         } else if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -69,8 +112,23 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(&bind_path)
         .with_context(|| format!("binding {}", bind_path.display()))?;
+    let file = SocketFile {
+        ino: {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&bind_path).ok().map(|m| m.ino())
+        },
+        pending: (bind_path != *path).then(|| bind_path.clone()),
+    };
+    if let Err(e) = set_owner_and_mode(cfg, &bind_path) {
+        file.remove(path);
+        return Err(e);
+    }
+    Ok((listener, file))
+}
+
+fn set_owner_and_mode(cfg: &Config, bind_path: &Path) -> anyhow::Result<()> {
     let mode = cfg.socket_mode_bits()?;
-    std::fs::set_permissions(&bind_path, std::fs::Permissions::from_mode(mode))
+    std::fs::set_permissions(bind_path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {:o} on {}", mode, bind_path.display()))?;
     if !cfg.socket_group.is_empty() {
         let gid = match cfg.socket_group.parse::<u32>() {
@@ -81,19 +139,26 @@ pub fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
                 .map(|g| g.gid.as_raw())
                 .with_context(|| format!("socket_group {:?} does not exist", cfg.socket_group))?,
         };
-        nix::unistd::chown(
-            bind_path.as_path(),
-            None,
-            Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .with_context(|| format!("chown {} to group {gid}", bind_path.display()))?;
+        nix::unistd::chown(bind_path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("chown {} to group {gid}", bind_path.display()))?;
     }
-    if bind_path != *path {
-        // Atomic: new connections reach us; the old instance keeps its open ones.
-        std::fs::rename(&bind_path, path)
-            .with_context(|| format!("renaming {} over {}", bind_path.display(), path.display()))?;
+    Ok(())
+}
+
+/// Wait (at most `limit`, or until a stop) for the index to be in sync.
+async fn wait_for_sync(store: &Store, limit: Duration, stop: &tokio::sync::watch::Receiver<bool>) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !store.is_synced() && !*stop.borrow() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                containerd = %store.containerd().socket().display(),
+                waited = ?limit,
+                "the image index is not in sync with containerd yet; serving anyway (calls that need it answer UNAVAILABLE until it is)"
+            );
+            return;
+        }
+        tokio::time::sleep(READY_POLL).await;
     }
-    Ok(listener)
 }
 
 /// Everything the daemon runs.
@@ -176,20 +241,19 @@ pub async fn serve(
     let svc = daemon.service.clone();
     // Socket activation: systemd owns the socket file (and keeps it across
     // our restarts); else we bind it ourselves and remove it on the way out.
-    let (listener, owned) = match crate::systemd::inherited_listener()? {
+    let (listener, mut socket_file) = match crate::systemd::inherited_listener()? {
         Some(l) => {
             let path = l
                 .local_addr()
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
             tracing::info!(socket = ?path, "serving the socket systemd passed (socket activation)");
-            (UnixListener::from_std(l)?, false)
+            (UnixListener::from_std(l)?, None)
         }
-        None => (bind_socket(&cfg)?, true),
-    };
-    let socket_ino = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(&cfg.listen).ok().map(|m| m.ino())
+        None => {
+            let (l, file) = bind_socket(&cfg)?;
+            (l, Some(file))
+        }
     };
     // A metrics port that cannot be bound stops the start (after the CRI
     // socket checks, whose refusal says more), removing the socket again.
@@ -200,8 +264,8 @@ pub async fn serve(
         match metrics::bind(addr, cfg.socket_takeover) {
             Ok(l) => Some(l),
             Err(e) => {
-                if owned {
-                    remove_socket_if_ours(&cfg.listen, socket_ino);
+                if let Some(f) = &socket_file {
+                    f.remove(&cfg.listen);
                 }
                 return Err(anyhow::Error::new(e).context(format!(
                     "binding metrics_address {addr} (is another process using it? change metrics_address, or set it to \"\" to turn metrics off)"
@@ -218,7 +282,6 @@ pub async fn serve(
         "cri-imaged serving"
     );
     let background = spawn_background(&cfg, &svc);
-    metrics::set_socket_ready(&svc.metrics, true);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -264,6 +327,17 @@ pub async fn serve(
         });
     }
 
+    // Callers queue in the listen backlog (and a takeover's keep reaching the
+    // old instance) until the index can answer them.
+    wait_for_sync(&svc.store, START_SYNC_WAIT, &stop_rx).await;
+    if let Some(f) = socket_file.as_mut() {
+        if let Err(e) = f.publish(&cfg.listen) {
+            f.remove(&cfg.listen);
+            return Err(e);
+        }
+    }
+    metrics::set_socket_ready(&svc.metrics, true);
+
     let grpc = <_ as tower::ServiceExt<hyper::Request<hyper::body::Incoming>>>::map_response(
         ImageServiceServer::new(svc.clone()),
         decode_error_is_invalid_argument,
@@ -273,23 +347,11 @@ pub async fn serve(
     for b in background {
         b.abort();
     }
-    if owned {
-        remove_socket_if_ours(&cfg.listen, socket_ino);
+    if let Some(f) = &socket_file {
+        f.remove(&cfg.listen);
     }
     tracing::info!("cri-imaged stopped");
     Ok(())
-}
-
-/// Remove the socket only when the file is still the one we bound (a newer
-/// instance may have taken the path over).
-fn remove_socket_if_ours(path: &Path, ino: Option<u64>) {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(path), ino) {
-        (Ok(m), Some(i)) if m.ino() != i => {}
-        _ => {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 fn spawn_background(cfg: &Config, svc: &ImageService) -> Vec<tokio::task::JoinHandle<()>> {
