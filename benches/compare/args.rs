@@ -64,6 +64,11 @@ struct Args {
     #[arg(long, value_name = "S", default_value = "both",
           value_parser = ["both", "ours", "containerd"])]
     service: String,
+    /// real images: OCI layouts (or directories of them) from
+    /// scripts/build-real-images.sh; adds scenarios 8 (a cold pull of each)
+    /// and 9 (node start: all of them one after another)
+    #[arg(long, value_name = "DIR")]
+    real: Vec<PathBuf>,
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -93,6 +98,7 @@ pub struct Opts {
     pub service: String,
     /// Extra YAML lines for cri-imaged's config.
     pub daemon_config: String,
+    pub real: Vec<PathBuf>,
 }
 
 impl Opts {
@@ -166,6 +172,7 @@ impl Opts {
             only: a.only,
             service: a.service,
             daemon_config: a.daemon_config.iter().map(|l| format!("{l}\n")).collect(),
+            real: a.real,
         }
     }
 }

@@ -13,6 +13,7 @@
 
 mod args;
 mod images;
+mod real;
 mod report;
 mod scenarios;
 mod stats;
@@ -144,7 +145,8 @@ async fn run(o: Opts) -> String {
             "small",
         ),
     );
-    for im in [&single, &multi, &small] {
+    let reals = real::load(&o.real, &reg);
+    for im in [&single, &multi, &small].into_iter().chain(reals.iter()) {
         env.push(
             im.name.strip_prefix(&format!("{reg}/")).unwrap(),
             Some("v1"),
@@ -242,6 +244,47 @@ async fn run(o: Opts) -> String {
         });
     }
 
+    // Real images: a cold pull of each (8), then all of them in a row (9).
+    let (mut real_colds, mut floors, mut start) = (Vec::new(), Vec::new(), None);
+    if o.want(8) {
+        for im in &reals {
+            eprintln!("compare: scenario 8 real image {}", im.name);
+            floors.push(real::tar_floor(im, &env.containerd.dir.join("tar-floor")));
+            real_colds.push(
+                cold_scenario(
+                    &env,
+                    &d,
+                    pids,
+                    &mut ours,
+                    &mut theirs,
+                    im,
+                    o.runs,
+                    &o.service,
+                    &mut forced,
+                )
+                .await,
+            );
+        }
+    }
+    if o.want(9) && !reals.is_empty() {
+        eprintln!(
+            "compare: scenario 9 node start ({} real images in a row)",
+            reals.len()
+        );
+        start = Some(
+            real::node_start(
+                &env,
+                pids,
+                &mut ours,
+                &mut theirs,
+                &reals,
+                o.runs,
+                &mut forced,
+            )
+            .await,
+        );
+    }
+
     let mut warm = None;
     if o.want(4) {
         eprintln!("compare: scenario 4 warm pull");
@@ -299,6 +342,11 @@ async fn run(o: Opts) -> String {
         .lines()
         .filter(|l| l.starts_with("cri_imaged_layers_unpacked_total{"))
         .collect();
+    let s = if reals.is_empty() {
+        s
+    } else {
+        s + &real::render(&reals, &real_colds, &floors, start.as_ref())
+    };
     let s = format!(
         "{s}\nLayers cri-imaged unpacked in this run, by unpacker: {}\n",
         if unpacked.is_empty() {

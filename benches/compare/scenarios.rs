@@ -89,7 +89,7 @@ pub struct List {
 
 // ---------------------------------------------------------------- helpers
 
-async fn pull_once(c: &mut Client, r: &str) -> String {
+pub async fn pull_once(c: &mut Client, r: &str) -> String {
     match pull(c, r).await {
         Ok(id) => id,
         Err(e) => panic!("PullImage {r}: {e}"),

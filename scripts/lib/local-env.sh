@@ -66,6 +66,7 @@ push_image() {
 }
 
 # start_cri_imaged BIN -> CRI_SOCK, CONTAINERD_SOCK (managed containerd under WORK;
+# ready when `BIN health` gets an ImageFsInfo answer, so crictl is not needed;
 # CONTAINERD_VERSION=1.7|2.1 picks one of scripts/containerd-versions.sh)
 start_cri_imaged() {
   local bin="$1"; shift
@@ -80,7 +81,7 @@ start_cri_imaged() {
     --listen "$CRI_SOCK" --metrics-address "$METRICS_ADDR" "$@" >"$WORK/cri-imaged.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
-    [ -S "$CRI_SOCK" ] && [ -S "$CONTAINERD_SOCK" ] && crictl --timeout 2s --image-endpoint "unix://$CRI_SOCK" imagefsinfo >/dev/null 2>&1 && return 0
+    [ -S "$CRI_SOCK" ] && [ -S "$CONTAINERD_SOCK" ] && "$bin" health --socket "$CRI_SOCK" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "cri-imaged did not start; log:" >&2; tail -30 "$WORK/cri-imaged.log" >&2; return 1

@@ -299,6 +299,66 @@ impl BuiltImage {
     pub fn config_json(&self) -> Value {
         serde_json::from_slice(&self.config_bytes).unwrap()
     }
+
+    /// The image an OCI image layout holds (a directory with `index.json`
+    /// and `blobs/`, as `buildah push … oci:DIR` or skopeo write it): its
+    /// first manifest, or the one tagged `tag` (`org.opencontainers.image.ref.name`).
+    pub fn from_oci_layout(
+        dir: &std::path::Path,
+        tag: Option<&str>,
+    ) -> std::io::Result<BuiltImage> {
+        let blob =
+            |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1)));
+        let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+        let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+        let desc = manifests
+            .iter()
+            .find(|m| {
+                tag.is_none_or(|t| m["annotations"]["org.opencontainers.image.ref.name"] == t)
+            })
+            .ok_or_else(|| bad(format!("{}: no manifest tagged {tag:?}", dir.display())))?;
+        let manifest_digest = desc["digest"].as_str().unwrap_or_default().to_string();
+        let manifest_bytes = blob(&manifest_digest)?;
+        let m: Value = serde_json::from_slice(&manifest_bytes)?;
+        let config_digest = m["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let config_bytes = blob(&config_digest)?;
+        let config: Value = serde_json::from_slice(&config_bytes)?;
+        let mut blobs = Vec::new();
+        for l in m["layers"].as_array().cloned().unwrap_or_default() {
+            let d = l["digest"].as_str().unwrap_or_default().to_string();
+            let bytes = blob(&d)?;
+            blobs.push((
+                d,
+                bytes,
+                l["mediaType"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        Ok(BuiltImage {
+            config_media_type: s(&m["config"]["mediaType"]),
+            manifest_media_type: m["mediaType"]
+                .as_str()
+                .or(desc["mediaType"].as_str())
+                .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+                .to_string(),
+            diff_ids: config["rootfs"]["diff_ids"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default(),
+            os: s(&config["os"]),
+            architecture: s(&config["architecture"]),
+            variant: config["variant"].as_str().map(str::to_string),
+            config_bytes,
+            config_digest,
+            manifest_bytes,
+            manifest_digest,
+            blobs,
+        })
+    }
 }
 
 /// chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
