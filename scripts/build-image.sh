@@ -65,8 +65,11 @@ BASE_TAR="$OUT/base/bookworm-minbase-$KEY.tar"
 BASE_IMG="localhost/cri-imaged-base:bookworm-$KEY"
 if [ ! -s "$BASE_TAR" ]; then
   log "mmdebstrap ${MMD_ARGS[*]} (about 2 minutes)"
+  # --format=tar: mmdebstrap picks the format from the name otherwise, and
+  # the temporary name does not end in .tar.
   SOURCE_DATE_EPOCH="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)" \
-    mmdebstrap -q "${MMD_ARGS[@]}" "$BASE_TAR.tmp" "$SOURCES" >&2
+    mmdebstrap -q --format=tar "${MMD_ARGS[@]}" "$BASE_TAR.tmp" "$SOURCES" >&2
+  [ -f "$BASE_TAR.tmp" ] || { log "mmdebstrap wrote no tar at $BASE_TAR.tmp"; exit 1; }
   mv "$BASE_TAR.tmp" "$BASE_TAR"
 fi
 if ! buildah inspect --type image "$BASE_IMG" >/dev/null 2>&1; then
