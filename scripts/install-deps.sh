@@ -31,6 +31,10 @@ if [ "$IMAGE" = 1 ]; then
   have runc       || need+=(runc)
 fi
 if [ "$TEST" = 1 ]; then
+  # scripts/build-real-images.sh (the real-image corpus of the differential test)
+  have zstd || need+=(zstd)
+fi
+if [ "$TEST" = 1 ]; then
   have docker-registry || need+=(docker-registry)
   have skopeo          || need+=(skopeo)
   have promtool        || need+=(prometheus)

@@ -8,6 +8,11 @@ cd "$REPO"
 bash scripts/install-deps.sh --test
 export CARGO_TERM_COLOR=never
 cargo build --locked --all-targets
+# Real images made by real tools (mmdebstrap, apt, buildah), cached under
+# target/real-images: tests/unpack_differential.rs compares the native unpack
+# of each with containerd's applier, on every containerd version below.
+bash scripts/build-real-images.sh
+export CRI_IMAGED_REQUIRE_REAL_IMAGES=1
 # Integration tests run containerd instances; two at a time suits 2 cores.
 LOG="$(mktemp)"; MATRIX="$(mktemp -d)"
 trap 'rm -rf "$LOG" "$MATRIX"' EXIT

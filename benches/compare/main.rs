@@ -249,6 +249,7 @@ async fn run(o: Opts) -> String {
     if o.want(8) {
         for im in &reals {
             eprintln!("compare: scenario 8 real image {}", im.name);
+            real::make_all_cold(&env, &mut ours, &reals, &mut forced).await;
             floors.push(real::tar_floor(im, &env.containerd.dir.join("tar-floor")));
             real_colds.push(
                 cold_scenario(

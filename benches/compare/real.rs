@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use cri_imaged_test_rig::{BuiltImage, TestEnv};
 
 use crate::images::Img;
+use cri_imaged_test_rig::remove;
+
 use crate::scenarios::{make_cold, pull_once, Client, Cold};
 use crate::stats::{fmt_t, median, secs};
 use crate::system::Pids;
@@ -100,6 +102,19 @@ pub fn tar_floor(im: &Img, dir: &Path) -> Vec<f64> {
     out
 }
 
+/// Every image's records removed first, then each made cold: the real
+/// images share layers (minbase is the bottom of the others), so one image
+/// cannot be made cold while another still holds its blobs and snapshots.
+pub async fn make_all_cold(env: &TestEnv, c: &mut Client, ims: &[Img], forced: &mut usize) {
+    for im in ims {
+        let _ = remove(c, &im.reference).await;
+        let _ = remove(c, &im.img.config_digest).await;
+    }
+    for im in ims {
+        make_cold(env, c, im, forced).await;
+    }
+}
+
 /// One node start per run and service: every image made cold, then pulled
 /// one after another. Seconds until the last PullImage returned, and (ours)
 /// until the last deferred blob commit ended (no lease left).
@@ -130,9 +145,7 @@ pub async fn node_start(
         };
         for is_ours in order {
             let c = if is_ours { &mut *ours } else { &mut *theirs };
-            for im in ims {
-                make_cold(env, c, im, forced).await;
-            }
+            make_all_cold(env, c, ims, forced).await;
             let _ = Command::new("sync").status();
             let c0 = pids.cpu();
             let t = Instant::now();
