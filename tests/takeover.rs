@@ -59,21 +59,44 @@ async fn new_instance_takes_the_socket_over() {
     assert_eq!(st.code(), Some(0));
 }
 
+/// The second instance, killed if a failed assertion ends the test first.
+struct Second(std::process::Child);
+
+impl Second {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Start a second instance with `cfg` (socket_takeover on) beside `old`,
 /// logging to `<old dir>/new.log`.
-fn start_second(old: &CriImaged, mut cfg: cri_imaged::config::Config) -> std::process::Child {
+fn start_second(old: &CriImaged, mut cfg: cri_imaged::config::Config) -> Second {
     let path = old.dir.path().join("new.yaml");
     cfg.socket_takeover = true;
     write_config(&path, &cfg);
     let log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
-    Command::new(old.binary())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Second(
+        Command::new(old.binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// ListImages on a fresh connection (so it reaches whichever instance holds

@@ -69,6 +69,10 @@ struct Args {
     /// and 9 (node start: all of them one after another)
     #[arg(long, value_name = "DIR")]
     real: Vec<PathBuf>,
+    /// seconds to wait (after a sync) between making an image cold and
+    /// pulling it (default 0); 35 lets ext4 forget the deleted inodes
+    #[arg(long, value_name = "SECS")]
+    settle: Option<u64>,
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -99,6 +103,7 @@ pub struct Opts {
     /// Extra YAML lines for cri-imaged's config.
     pub daemon_config: String,
     pub real: Vec<PathBuf>,
+    pub settle: std::time::Duration,
 }
 
 impl Opts {
@@ -173,6 +178,7 @@ impl Opts {
             service: a.service,
             daemon_config: a.daemon_config.iter().map(|l| format!("{l}\n")).collect(),
             real: a.real,
+            settle: std::time::Duration::from_secs(a.settle.unwrap_or(0)),
         }
     }
 }

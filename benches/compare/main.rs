@@ -232,6 +232,7 @@ async fn run(o: Opts) -> String {
             im,
             o.runs,
             &o.service,
+            o.settle,
             &mut forced,
         )
         .await;
@@ -261,6 +262,7 @@ async fn run(o: Opts) -> String {
                     im,
                     o.runs,
                     &o.service,
+                    o.settle,
                     &mut forced,
                 )
                 .await,
@@ -280,6 +282,7 @@ async fn run(o: Opts) -> String {
                 &mut theirs,
                 &reals,
                 o.runs,
+                o.settle,
                 &mut forced,
             )
             .await,

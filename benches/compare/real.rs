@@ -134,6 +134,7 @@ pub async fn node_start(
     theirs: &mut Client,
     ims: &[Img],
     runs: usize,
+    settle: Duration,
     forced: &mut usize,
 ) -> NodeStart {
     let mut r = NodeStart::default();
@@ -147,6 +148,7 @@ pub async fn node_start(
             let c = if is_ours { &mut *ours } else { &mut *theirs };
             make_all_cold(env, c, ims, forced).await;
             let _ = Command::new("sync").status();
+            crate::scenarios::settle_disk(settle).await;
             let c0 = pids.cpu();
             let t = Instant::now();
             for im in ims {

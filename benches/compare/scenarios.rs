@@ -100,6 +100,16 @@ pub async fn pull_once(c: &mut Client, r: &str) -> String {
 /// service, then make sure content and snapshots are gone (containerd's GC
 /// runs synchronously on the last record delete); leftovers are removed with
 /// ctr and counted in `forced`.
+/// `--settle`: the removal's writes flushed (`sync`), then a pause, so that
+/// what make_cold deleted does not weigh on the next run (ext4 skips inodes
+/// deleted in the last 30 s when it allocates; see BENCHMARKS.md).
+pub async fn settle_disk(settle: Duration) {
+    if !settle.is_zero() {
+        let _ = std::process::Command::new("sync").status();
+        tokio::time::sleep(settle).await;
+    }
+}
+
 pub async fn make_cold(env: &TestEnv, c: &mut Client, im: &Img, forced: &mut usize) {
     let cd = &env.containerd;
     let names = |cd: &Containerd| -> Vec<String> {
@@ -192,6 +202,7 @@ pub async fn cold_scenario(
     im: &Img,
     runs: usize,
     service: &str,
+    settle: Duration,
     forced: &mut usize,
 ) -> Cold {
     let mut r = Cold::default();
@@ -207,6 +218,7 @@ pub async fn cold_scenario(
             }
             let c = if is_ours { &mut *ours } else { &mut *theirs };
             make_cold(env, c, im, forced).await;
+            settle_disk(settle).await;
             let before = if is_ours {
                 Some(phase_sums(&d.metrics().await))
             } else {
