@@ -354,17 +354,10 @@ async fn native_unpack_matches_containerds_applier_entry_by_entry() {
     env.push("diff/corpus", Some("v1"), &img).await;
     let r = env.image_ref("diff/corpus", "v1");
 
-    let theirs = cri_imaged!()
-        .config(|c| {
-            c.unpacker = cri_imaged::config::Unpacker::Containerd;
-            c.containerd_namespace = "ref".into();
-        })
-        .start(&env.containerd);
-    let ours = cri_imaged!().start(&env.containerd);
+    let (ours, theirs) = native_and_reference(&env).await;
     // Ours first: the content store is shared across namespaces, and blobs
     // already there are unpacked by containerd (nothing to stream).
     for d in [&ours, &theirs] {
-        d.wait_synced().await;
         let mut c = d.client().await;
         assert_eq!(pull(&mut c, &r).await.expect("pull"), img.config_digest);
     }
@@ -645,6 +638,23 @@ async fn small_blobs_are_spooled_large_ones_go_into_containerds_ingest() {
         .unwrap_or(true));
 }
 
+/// Two cri-imaged on one containerd, in sync: the native unpack in `k8s.io`
+/// and the reference, containerd's diff service (`unpacker: containerd`), in
+/// `ref` (snapshots are namespaced, so each writes its own).
+async fn native_and_reference(env: &TestEnv) -> (CriImaged, CriImaged) {
+    let theirs = cri_imaged!()
+        .config(|c| {
+            c.unpacker = cri_imaged::config::Unpacker::Containerd;
+            c.containerd_namespace = "ref".into();
+        })
+        .start(&env.containerd);
+    let ours = cri_imaged!().start(&env.containerd);
+    for d in [&ours, &theirs] {
+        d.wait_synced().await;
+    }
+    (ours, theirs)
+}
+
 /// The directory names a layer's tar holds (cleaned, no trailing slash):
 /// the directories whose mtime the layer defines.
 fn tar_dir_names(blob: &[u8], media_type: &str) -> BTreeSet<String> {
@@ -716,16 +726,7 @@ async fn real_images_unpack_like_containerds_applier() {
         return;
     }
     let env = TestEnv::start();
-    let theirs = cri_imaged!()
-        .config(|c| {
-            c.unpacker = cri_imaged::config::Unpacker::Containerd;
-            c.containerd_namespace = "ref".into();
-        })
-        .start(&env.containerd);
-    let ours = cri_imaged!().start(&env.containerd);
-    for d in [&ours, &theirs] {
-        d.wait_synced().await;
-    }
+    let (ours, theirs) = native_and_reference(&env).await;
     let tmp = tempfile::tempdir().unwrap();
     let mut summary = Vec::new();
     for (k, (name, img)) in images.iter().enumerate() {
