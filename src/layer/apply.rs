@@ -102,6 +102,7 @@ pub fn apply_tar(
         dirs: Vec::new(),
         buf: vec![0u8; 256 << 10],
         stats: ApplyStats::default(),
+        parent: None,
     };
     let mut archive = tar::Archive::new(input);
     {
@@ -132,6 +133,12 @@ struct Applier {
     dirs: Vec<(Vec<u8>, Timestamps)>,
     buf: Vec<u8>,
     stats: ApplyStats,
+    /// The last parent directory resolved (cleaned relative path, its
+    /// descriptor): tar streams write many entries into one directory in a
+    /// row. An entry creates or removes only a child of its own parent, so
+    /// the cached directory stays what its path names; it is dropped all the
+    /// same on whiteouts, removals and entries at or above its path.
+    parent: Option<(Vec<u8>, std::rc::Rc<OwnedFd>)>,
 }
 
 /// Attributes of one entry, with PAX records applied.
@@ -296,37 +303,38 @@ impl Applier {
         let (base, parent) = (*base, parent.to_vec());
         let rel = join(&comps);
         self.stats.entries += 1;
+        if base.starts_with(WH_PREFIX) {
+            // A whiteout removes (or opaques) things: resolve afresh after it.
+            self.parent = None;
+        } else {
+            self.forget_parent_under(&rel);
+        }
         let parent_fd = self.ensure_parent(&parent)?;
         if let Some(orig) = base.strip_prefix(WH_PREFIX) {
-            return self.whiteout(&parent, parent_fd.as_fd(), base, orig, &mut entry);
+            let r = self.whiteout(&parent, parent_fd.as_fd(), base, orig, &mut entry);
+            self.parent = None;
+            return r;
         }
         let attrs = self.attrs(&mut entry)?;
-        // Replace what is there unless both are directories.
-        match rfs::statat(&parent_fd, os(base), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => {
-                if !(is_dir(&st) && kind.is_dir()) {
-                    remove_all(parent_fd.as_fd(), base)
-                        .map_err(|e| self.io_err("remove", &rel, e))?;
-                }
-            }
-            Err(Errno::NOENT) => {}
-            Err(e) => return Err(self.io_err("stat", &rel, e)),
-        }
         let name = os(base);
         use tar::EntryType as T;
         match kind {
             T::Regular | T::Continuous => {
-                let fd = rfs::openat(
-                    &parent_fd,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| self.io_err("create file", &rel, e))?;
+                let create = || {
+                    rfs::openat(
+                        &parent_fd,
+                        name,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                };
+                let fd = self
+                    .create_replacing(parent_fd.as_fd(), base, create)
+                    .map_err(|e| self.io_err("create file", &rel, e))?;
                 let want = entry.header().entry_size().map_err(LayerError::Read)?;
                 let mut file = std::fs::File::from(fd);
                 let mut written = 0u64;
@@ -346,11 +354,9 @@ impl Applier {
                 self.finish_fd(file.as_fd(), &rel, &attrs)?;
             }
             T::Directory => {
-                let exists = matches!(rfs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW), Ok(st) if is_dir(&st));
-                if !exists {
-                    rfs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700))
-                        .map_err(|e| self.io_err("mkdir", &rel, e))?;
-                }
+                // An existing directory is kept (its attributes are set below).
+                self.mkdir_replacing(parent_fd.as_fd(), base)
+                    .map_err(|e| self.io_err("mkdir", &rel, e))?;
                 let fd = rfs::openat(
                     &parent_fd,
                     name,
@@ -369,7 +375,8 @@ impl Applier {
                 if target.contains(&0) {
                     return Err(self.err(&raw, "the link target holds a NUL byte"));
                 }
-                rfs::symlinkat(os(&target), &parent_fd, name)
+                let mk = || rfs::symlinkat(os(&target), &parent_fd, name);
+                self.create_replacing(parent_fd.as_fd(), base, mk)
                     .map_err(|e| self.io_err("symlink", &rel, e))?;
                 self.finish_at(parent_fd.as_fd(), base, &rel, &attrs, false)?;
             }
@@ -389,7 +396,8 @@ impl Applier {
                     OFlags::PATH | OFlags::DIRECTORY,
                 )
                 .map_err(|e| self.io_err("resolve hardlink target", &target, e))?;
-                rfs::linkat(&tdir, os(tbase), &parent_fd, name, AtFlags::empty())
+                let mk = || rfs::linkat(&tdir, os(tbase), &parent_fd, name, AtFlags::empty());
+                self.create_replacing(parent_fd.as_fd(), base, mk)
                     .map_err(|e| self.io_err("hardlink", &rel, e))?;
                 let is_link = matches!(rfs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW),
                     Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
@@ -404,14 +412,17 @@ impl Applier {
                 let h = entry.header();
                 let major = h.device_major().ok().flatten().unwrap_or(0);
                 let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                rfs::mknodat(
-                    &parent_fd,
-                    name,
-                    ft,
-                    Mode::from_raw_mode(attrs.mode & 0o777),
-                    rfs::makedev(major, minor),
-                )
-                .map_err(|e| self.io_err("mknod", &rel, e))?;
+                let mk = || {
+                    rfs::mknodat(
+                        &parent_fd,
+                        name,
+                        ft,
+                        Mode::from_raw_mode(attrs.mode & 0o777),
+                        rfs::makedev(major, minor),
+                    )
+                };
+                self.create_replacing(parent_fd.as_fd(), base, mk)
+                    .map_err(|e| self.io_err("mknod", &rel, e))?;
                 self.finish_at(parent_fd.as_fd(), base, &rel, &attrs, true)?;
             }
             other => {
@@ -423,6 +434,58 @@ impl Applier {
         }
         self.unpacked.insert(rel);
         Ok(())
+    }
+
+    /// Create `name` in `parent` with `create`; where something is there
+    /// already (EEXIST), remove it and create again: an entry that is not a
+    /// directory replaces whatever is there (containerd's rule). Trying the
+    /// create first saves a stat per entry: layers mostly add new names.
+    /// A removal drops the cached parent descriptor: the removed entry may be
+    /// the directory it names under another spelling (through a symlink).
+    fn create_replacing<T>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        create: impl Fn() -> rustix::io::Result<T>,
+    ) -> io::Result<T> {
+        match create() {
+            Err(Errno::EXIST) => {
+                self.parent = None;
+                remove_all(parent, name)?;
+                create().map_err(errno_io)
+            }
+            r => r.map_err(errno_io),
+        }
+    }
+
+    /// `mkdir name` in `parent`, keeping a directory already there and
+    /// replacing anything else.
+    fn mkdir_replacing(&mut self, parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+        let mk = || rfs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700));
+        match mk() {
+            Err(Errno::EXIST) => {
+                let st =
+                    rfs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno_io)?;
+                if is_dir(&st) {
+                    return Ok(());
+                }
+                self.parent = None;
+                remove_all(parent, name)?;
+                mk().map_err(errno_io)
+            }
+            r => r.map_err(errno_io),
+        }
+    }
+
+    /// Drop the cached parent when the entry at `rel` could change what its
+    /// path resolves to: `rel` is that directory or one of its ancestors.
+    fn forget_parent_under(&mut self, rel: &[u8]) {
+        if let Some((p, _)) = &self.parent {
+            let under = p.len() == rel.len() || (p.len() > rel.len() && p[rel.len()] == b'/');
+            if p.starts_with(rel) && under {
+                self.parent = None;
+            }
+        }
     }
 
     /// Owner, xattrs, mode (after the owner: chown clears setuid), times.
@@ -601,13 +664,24 @@ impl Applier {
 
     /// The directory `parent` (resolved in the root), created with the
     /// lower layers' attributes where missing (containerd's `mkparent`).
-    fn ensure_parent(&self, parent: &[&[u8]]) -> Result<OwnedFd, LayerError> {
-        let flags = OFlags::PATH | OFlags::DIRECTORY;
+    fn ensure_parent(&mut self, parent: &[&[u8]]) -> Result<std::rc::Rc<OwnedFd>, LayerError> {
         let rel = join(parent);
-        match open_in_root(self.root.as_fd(), &rel, flags) {
+        if let Some((p, fd)) = &self.parent {
+            if *p == rel {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = std::rc::Rc::new(self.resolve_parent(parent, &rel)?);
+        self.parent = Some((rel, fd.clone()));
+        Ok(fd)
+    }
+
+    fn resolve_parent(&self, parent: &[&[u8]], rel: &[u8]) -> Result<OwnedFd, LayerError> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY;
+        match open_in_root(self.root.as_fd(), rel, flags) {
             Ok(fd) => return Ok(fd),
             Err(Errno::NOENT) => {}
-            Err(e) => return Err(self.io_err("resolve parent directory", &rel, e)),
+            Err(e) => return Err(self.io_err("resolve parent directory", rel, e)),
         }
         let mut fd = open_in_root(self.root.as_fd(), b"", flags)
             .map_err(|e| self.io_err("open root", b"", e))?;

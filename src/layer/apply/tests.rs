@@ -481,3 +481,83 @@ fn missing_parents_take_the_lower_layers_xattrs() {
     let n = rfs::getxattr(d.root.join("usr/share"), "user.dir", &mut v).expect("xattr copied");
     assert_eq!(&v[..n], b"lower");
 }
+
+/// The applier keeps the last parent directory's descriptor for the entries
+/// after it; a directory replaced under another spelling (here through the
+/// symlink `a` -> `c`) must not leave it writing into the removed one. The
+/// next entry goes where containerd's applier puts it: through the new
+/// symlink, resolved inside the root; nothing lands outside.
+/// (Also a regression input for the create-first replacement.)
+#[test]
+fn a_parent_replaced_under_another_name_is_resolved_again() {
+    for target in ["/d", "ABS"] {
+        let d = dirs();
+        let target = if target == "ABS" {
+            d.outside.display().to_string()
+        } else {
+            target.to_string()
+        };
+        let tar = T::new()
+            .dir("c", 0o755)
+            .dir("c/b", 0o755)
+            .dir("d", 0o755)
+            .symlink("a", "c")
+            .file("a/b/x", b"first")
+            .symlink("c/b", &target)
+            .file("a/b/y", b"second")
+            .bytes();
+        let r = apply(&d.root, &tar, Whiteouts::Overlay);
+        outside_untouched(&d);
+        if target == "/d" {
+            r.unwrap();
+            assert_eq!(std::fs::read(d.root.join("d/y")).unwrap(), b"second");
+            assert!(!d.root.join("c/b/x").exists());
+        } else {
+            // Resolved inside the root, where that path does not exist: refused.
+            assert!(r.is_err());
+            assert!(!d.outside.join("y").exists());
+        }
+    }
+}
+
+/// Entries that replace what is there (a file by a directory, a directory
+/// by a file, a symlink by a file) are created, not refused, now that the
+/// create is tried first and EEXIST handled.
+#[test]
+fn replacing_entries_in_one_layer_create_first() {
+    let d = dirs();
+    let tar = T::new()
+        .file("p", b"file")
+        .dir("p", 0o750)
+        .file("p/inside", b"x")
+        .file("q", b"one")
+        .file("q", b"two")
+        .symlink("s", "q")
+        .file("s", b"not through the link")
+        .dir("keep", 0o700)
+        .file("keep/f", b"f")
+        .dir("keep", 0o755)
+        .bytes();
+    apply(&d.root, &tar, Whiteouts::Overlay).unwrap();
+    assert!(d.root.join("p").is_dir());
+    assert_eq!(std::fs::read(d.root.join("p/inside")).unwrap(), b"x");
+    assert_eq!(std::fs::read(d.root.join("q")).unwrap(), b"two");
+    assert!(!std::fs::symlink_metadata(d.root.join("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(d.root.join("s")).unwrap(),
+        b"not through the link"
+    );
+    assert_eq!(std::fs::read(d.root.join("keep/f")).unwrap(), b"f");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(d.root.join("keep"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+}
