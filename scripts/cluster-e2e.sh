@@ -265,7 +265,7 @@ grep -q "imageServiceEndpoint: unix://$SOCK" "$WORK/kubelet.yaml"
 show
 echo "kubelet's calls to cri-imaged so far:"
 curl -s "http://$METRICS/metrics" | grep -E '^cri_imaged_grpc_requests_total' | sed 's/^/   /'
-curl -s "http://$METRICS/metrics" | grep -qE '^cri_imaged_grpc_requests_total\{code="OK",method="ImageFsInfo"\} [1-9]' ||
+grep -qE '^cri_imaged_grpc_requests_total\{code="OK",method="ImageFsInfo"\} [1-9]' <<<"$(curl -s "http://$METRICS/metrics")" ||
   die "kubelet did not call cri-imaged's ImageFsInfo"
 
 # --- 4. a Deployment through cri-imaged ----------------------------------------
@@ -369,7 +369,7 @@ promtool check config "$WORK/prometheus.yml"
 prometheus --config.file "$WORK/prometheus.yml" --storage.tsdb.path "$WORK/prometheus" \
   --web.listen-address "127.0.0.1:$PPORT" >"$WORK/prometheus.log" 2>&1 &
 PIDS+=($!)
-up_is_1() { curl -sf "http://127.0.0.1:$PPORT/api/v1/query?query=up%7Bjob%3D%22cri-imaged%22%7D" | grep -q '"value":\[[0-9.]*,"1"\]'; }
+up_is_1() { grep -q '"value":\[[0-9.]*,"1"\]' <<<"$(curl -sf "http://127.0.0.1:$PPORT/api/v1/query?query=up%7Bjob%3D%22cri-imaged%22%7D")"; }
 wait_for 60 "Prometheus up{job=cri-imaged} == 1" up_is_1
 curl -s "http://127.0.0.1:$PPORT/api/v1/query?query=up%7Bjob%3D%22cri-imaged%22%7D"; echo
 curl -s "http://127.0.0.1:$PPORT/api/v1/rules" | python3 -c '

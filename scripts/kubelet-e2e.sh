@@ -106,8 +106,11 @@ echo "== static pod e2e-app Running:"
 "${C[@]}" pods
 "${C[@]}" ps
 echo "== who wrote its layers (cri-imaged's metrics):"
-curl -s "http://$METRICS_ADDR/metrics" | grep -E '^cri_imaged_(layers_unpacked|layer_blobs_stored)_total' || true
-curl -s "http://$METRICS_ADDR/metrics" | grep -qE '^cri_imaged_layers_unpacked_total\{unpacker="native"\} [1-9]' ||
+# One scrape, read twice: `curl | grep -q` fails under pipefail when grep
+# stops reading early and curl gets SIGPIPE.
+metrics=$(curl -s "http://$METRICS_ADDR/metrics")
+grep -E '^cri_imaged_(layers_unpacked|layer_blobs_stored)_total' <<<"$metrics" || true
+grep -qE '^cri_imaged_layers_unpacked_total\{unpacker="native"\} [1-9]' <<<"$metrics" ||
   { echo "no layer was unpacked natively: the pod did not run from cri-imaged's own unpack"; exit 1; }
 echo "== the container sees both of its image's layers (the top layer's /etc/motd over the base's):"
 CID="$("${C[@]}" ps --name app --state running -q | head -1)"
@@ -115,7 +118,7 @@ MOTD="$("${C[@]}" exec "$CID" cat /etc/motd)"
 echo "   /etc/motd in the container: $MOTD"
 [ "$MOTD" = "image app" ] || { echo "the container's /etc/motd is '$MOTD', not its top layer's"; exit 1; }
 for m in 'cri_imaged_layers_staged_total [1-9]' 'cri_imaged_layer_blobs_stored_total\{via="blob_file"\} [1-9]'; do
-  curl -s "http://$METRICS_ADDR/metrics" | grep -qE "^$m" ||
+  grep -qE "^$m" <<<"$metrics" ||
     { echo "expected metric $m (a layer staged ahead of its parent, a blob put in place as a blob file)"; exit 1; }
 done
 echo "   a layer was staged ahead of its parent's snapshot, and blobs went into the content store as blob files"

@@ -355,6 +355,13 @@ impl Store {
             // Give the subscription a moment to reach containerd before listing.
             tokio::time::sleep(SUBSCRIBE_HEADSTART).await;
             match self.resync().await {
+                // The subscription ended (containerd went away or came up
+                // too late for it) while the list ran: events since then
+                // would be missed, so this is not in sync; try again rather
+                // than answer for a moment and then refuse.
+                Ok(()) if sub.is_finished() => {
+                    tracing::debug!("image event subscription ended during the resync; again")
+                }
                 Ok(()) => {
                     if !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(images = self.len(), "image index in sync with containerd");
