@@ -17,6 +17,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../packaging/config.yaml");
 pub const BINARY_PATH: &str = "usr/local/bin/cri-imaged";
 pub const UNIT_DIR: &str = "etc/systemd/system";
 pub const CONFIG_PATH: &str = "etc/cri-imaged/config.yaml";
+/// The socket unit's ListenStream, under the root.
+pub const SOCKET_PATH: &str = "run/cri-imaged/cri-imaged.sock";
+/// The service's StateDirectory=cri-imaged (the default config's spool).
+pub const STATE_DIR: &str = "var/lib/cri-imaged";
 const UNITS: [&str; 2] = ["cri-imaged.socket", "cri-imaged.service"];
 
 pub struct InstallOpts {
@@ -130,7 +134,8 @@ pub fn install(opts: &InstallOpts) -> anyhow::Result<Installed> {
 }
 
 /// `cri-imaged uninstall --root DIR`: stop and disable the units, then remove
-/// the binary, the units and the config. Pulled images stay in containerd.
+/// the binary, the units, the config, the socket file and the state
+/// directory. Pulled images stay in containerd.
 pub fn uninstall(root: &Path, systemctl: &[String]) -> anyhow::Result<Installed> {
     let mut out = Installed::default();
     let mut disable = vec!["disable"];
@@ -160,8 +165,49 @@ pub fn uninstall(root: &Path, systemctl: &[String]) -> anyhow::Result<Installed>
             Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
         }
     }
+    remove_leftovers(root, &mut out)?;
     if !systemctl.is_empty() {
         run(systemctl, &["daemon-reload"], &mut out)?;
     }
     Ok(out)
+}
+
+/// What the units leave once stopped: the socket file (systemd keeps it,
+/// RemoveOnStop=no), the state directory (the spool of blobs not yet in
+/// containerd: nobody will store them now) and the emptied directories.
+/// Only these exact paths; a directory that still holds something of the
+/// operator's stays.
+fn remove_leftovers(root: &Path, out: &mut Installed) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let sock = root.join(SOCKET_PATH);
+    if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(&sock).with_context(|| format!("removing {}", sock.display()))?;
+        out.lines.push(format!("removed {}", sock.display()));
+    }
+    let state = root.join(STATE_DIR);
+    if state.is_dir() && !state.is_symlink() {
+        std::fs::remove_dir_all(&state).with_context(|| format!("removing {}", state.display()))?;
+        out.lines.push(format!("removed {}", state.display()));
+    }
+    for dir in [root.join(SOCKET_PATH), root.join(CONFIG_PATH)] {
+        let Some(dir) = dir.parent().map(Path::to_path_buf) else { continue };
+        if std::fs::remove_dir(&dir).is_ok() {
+            out.lines.push(format!("removed {}", dir.display()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_paths_are_the_units_own() {
+        assert!(SOCKET_UNIT.contains(&format!("ListenStream=/{SOCKET_PATH}\n")));
+        assert!(SERVICE_UNIT.contains(&format!(
+            "StateDirectory={}\n",
+            STATE_DIR.trim_start_matches("var/lib/")
+        )));
+    }
 }

@@ -124,6 +124,14 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
         "{out}"
     );
 
+    // What the running units leave: the socket file (systemd keeps it) and
+    // the state directory with the spool.
+    std::fs::create_dir_all(r.join("run/cri-imaged")).unwrap();
+    let _listener =
+        std::os::unix::net::UnixListener::bind(r.join("run/cri-imaged/cri-imaged.sock")).unwrap();
+    std::fs::create_dir_all(r.join("var/lib/cri-imaged/spool")).unwrap();
+    std::fs::write(r.join("var/lib/cri-imaged/spool/blob"), b"x").unwrap();
+
     // Uninstall: units disabled and every installed file gone.
     let (ok, out) = cmd(&["uninstall", "--root", rs]);
     assert!(ok, "{out}");
@@ -132,6 +140,9 @@ fn install_into_a_root_is_idempotent_atomic_and_verifies() {
             !r.join(f).exists() && !r.join(f).is_symlink(),
             "{f} left:\n{out}"
         );
+    }
+    for d in ["run/cri-imaged", "var/lib/cri-imaged", "etc/cri-imaged"] {
+        assert!(!r.join(d).exists(), "{d} left:\n{out}");
     }
 }
 
