@@ -45,16 +45,11 @@ WORK="$(mktemp -d /var/tmp/cri-imaged-host.XXXXXX)"
 TREE="$WORK/machine"
 # shellcheck source=lib/local-env.sh
 source "$REPO/scripts/lib/local-env.sh"
-MACHINE_PID=""
+# shellcheck source=lib/machine.sh
+source "$REPO/scripts/lib/machine.sh"
 cleanup() {
   local rc=$?
-  if [ -n "$MACHINE_PID" ] && kill -0 "$MACHINE_PID" 2>/dev/null; then
-    # SIGTERM: nspawn asks the machine's systemd for a clean poweroff.
-    echo 0 >"$WORK/no-reboot"
-    pkill -TERM -f -- "systemd-nspawn -D $TREE" 2>/dev/null || true
-    for _ in $(seq 150); do kill -0 "$MACHINE_PID" 2>/dev/null || break; sleep 0.2; done
-    pkill -KILL -f -- "systemd-nspawn -D $TREE" 2>/dev/null || true
-  fi
+  machine_stop
   env_cleanup
   if [ "${KEEP:-}" = 1 ] || [ $rc != 0 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -68,21 +63,8 @@ say "the real-image corpus (scripts/build-real-images.sh, cached)"
 bash "$REPO/scripts/build-real-images.sh" >"$WORK/corpus.log" 2>&1 || { tail -20 "$WORK/corpus.log"; die "build-real-images.sh"; }
 CORPUS="$REPO/target/real-images"
 
-MMD_ARGS=(--variant=minbase --include=systemd-sysv,dbus,containerd,runc,ca-certificates,procps
-  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
-  --dpkgopt='path-exclude=/usr/share/locale/*' bookworm)
-SOURCES=/etc/apt/sources.list.d/debian.sources
-[ -f "$SOURCES" ] || SOURCES=/etc/apt/sources.list
-KEY="$({ printf '%s\n' "${MMD_ARGS[@]}"; cat "$SOURCES"; } | sha256sum | cut -c1-16)"
-CACHE="$REPO/target/host-mode/root-$KEY.tar"
-mkdir -p "$REPO/target/host-mode"
-if [ ! -s "$CACHE" ]; then
-  say "mmdebstrap ${MMD_ARGS[*]} (about a minute)"
-  mmdebstrap -q --format=tar "${MMD_ARGS[@]}" "$CACHE.tmp" "$SOURCES"
-  mv "$CACHE.tmp" "$CACHE"
-fi
-mkdir -p "$TREE" "$WORK/share"
-tar -C "$TREE" -xf "$CACHE"
+machine_root
+mkdir -p "$WORK/share"
 echo host-mode-node >"$TREE/etc/hostname"
 cp "$(command -v crictl)" "$TREE/usr/local/bin/crictl"
 cat >"$TREE/etc/crictl.yaml" <<'EOF'
@@ -134,49 +116,7 @@ for n in "${IMAGES[@]}"; do
 done
 
 # --- the machine ---------------------------------------------------------------
-# --capability=all: containerd mounts overlayfs and makes device nodes in the
-# snapshots; --register=no: no machined (and no system bus) on this host;
-# --keep-unit: stay in the caller's cgroup. Exit code 133 is a reboot asked
-# for inside: boot again, as systemd-nspawn@.service does.
-NSPAWN=(systemd-nspawn -D "$TREE" -b --register=no --keep-unit --capability=all
-  --bind-ro="$REPO:/src" --bind="$WORK/share:/share")
-(
-  n=0
-  while :; do
-    n=$((n + 1))
-    "${NSPAWN[@]}" >"$WORK/boot-$n.log" 2>&1 </dev/null && rc=0 || rc=$?
-    echo "$rc" >"$WORK/exit-$n"
-    [ "$rc" = 133 ] && [ ! -e "$WORK/no-reboot" ] || break
-  done
-) &
-MACHINE_PID=$!
-pid1() { # the machine's PID 1 (its systemd), once booted
-  # (nspawn's first child is a helper that forks the machine's init and goes.)
-  local ns c
-  for _ in $(seq 150); do
-    ns="$(pgrep -n -f -- "systemd-nspawn -D $TREE" || true)"
-    for c in $(pgrep -P "${ns:-0}" || true); do
-      [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd ] && { echo "$c"; return 0; }
-    done
-    sleep 0.2
-  done
-  return 1
-}
-IN=()
-boot_wait() {
-  local p state
-  p="$(pid1)" || { cat "$WORK"/boot-*.log | tail -20; skip "systemd-nspawn did not start the machine"; }
-  IN=(nsenter -t "$p" -a)
-  for _ in $(seq 120); do
-    state="$("${IN[@]}" systemctl is-system-running 2>/dev/null || true)"
-    case "$state" in running | degraded) break ;; esac
-    sleep 0.5
-  done
-  echo "   systemctl is-system-running: $state (PID 1 of the machine is host PID $p)"
-  [ "$state" = running ] || { "${IN[@]}" systemctl --failed --no-pager || true; die "the machine is $state"; }
-}
-in_sh() { "${IN[@]}" sh -c "$1"; }
-say "boot: ${NSPAWN[*]}"
+machine_boot --bind-ro="$REPO:/src" --bind="$WORK/share:/share"
 boot_wait
 in_sh 'systemctl is-active containerd.service' | sed 's/^/   containerd.service: /'
 
@@ -259,12 +199,8 @@ echo "   binary $before_sha… -> $after_sha…, service started $((after_starts
 # --- 6. a reboot ---------------------------------------------------------------------
 say "systemctl enable kubelet-standin.service; systemctl reboot"
 in_sh 'systemctl enable kubelet-standin.service' 2>&1 | sed 's/^/   /'
-old1="$(pid1)"
 in_sh 'systemctl reboot' || true
-for _ in $(seq 150); do [ -e "$WORK/exit-1" ] && break; sleep 0.2; done
-[ "$(cat "$WORK/exit-1" 2>/dev/null)" = 133 ] || die "the machine did not exit for a reboot (exit $(cat "$WORK/exit-1" 2>/dev/null))"
-for _ in $(seq 150); do p="$(pid1 || true)"; [ -n "$p" ] && [ "$p" != "$old1" ] && break; sleep 0.2; done
-boot_wait
+reboot_wait 1
 echo "   booted again (boot 2)"
 in_sh 'journalctl -b -o short-monotonic --no-pager -u cri-imaged.socket -u cri-imaged.service -u kubelet-standin.service -u containerd.service' |
   grep -vE 'containerd\[[0-9]+\]: time=' | cut -c1-200 | sed 's/^/   /'
