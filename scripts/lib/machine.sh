@@ -82,7 +82,9 @@ in_sh() { "${IN[@]}" sh -c "$1"; }
 reboot_wait() { # reboot_wait N: boot N asked for a reboot; wait for boot N+1
   local old p
   old="$(pid1 || true)"
-  for _ in $(seq 300); do [ -e "$WORK/exit-$1" ] && break; sleep 0.2; done
+  # (up to 4 min: processes that ignore SIGTERM, as a container's PID 1 running
+  # sleep does, hold the shutdown for DefaultTimeoutStopSec, 90 s)
+  for _ in $(seq 1200); do [ -e "$WORK/exit-$1" ] && break; sleep 0.2; done
   [ "$(cat "$WORK/exit-$1" 2>/dev/null)" = 133 ] || die "the machine did not exit for a reboot (exit $(cat "$WORK/exit-$1" 2>/dev/null))"
   for _ in $(seq 150); do p="$(pid1 || true)"; [ -n "$p" ] && [ "$p" != "$old" ] && break; sleep 0.2; done
   boot_wait

@@ -251,9 +251,12 @@ impl Containerd {
     /// Write the config and start containerd; returns once `ctr version` answers.
     pub fn start(opts: ContainerdOpts) -> Containerd {
         // Keep the path short: unix socket paths are limited to 108 bytes.
+        // CRI_IMAGED_CONTAINERD_TMP puts containerd's root elsewhere (the
+        // bench's tmpfs line: a tmpfs mounted there).
+        let parent = std::env::var_os("CRI_IMAGED_CONTAINERD_TMP").unwrap_or_else(|| "/tmp".into());
         let tmp = tempfile::Builder::new()
             .prefix("ctd-")
-            .tempdir_in("/tmp")
+            .tempdir_in(parent)
             .unwrap();
         let dir = tmp.path().to_path_buf();
         let state = dir.join("state");
