@@ -190,7 +190,9 @@ fn remove_leftovers(root: &Path, out: &mut Installed) -> anyhow::Result<()> {
         out.lines.push(format!("removed {}", state.display()));
     }
     for dir in [root.join(SOCKET_PATH), root.join(CONFIG_PATH)] {
-        let Some(dir) = dir.parent().map(Path::to_path_buf) else { continue };
+        let Some(dir) = dir.parent().map(Path::to_path_buf) else {
+            continue;
+        };
         if std::fs::remove_dir(&dir).is_ok() {
             out.lines.push(format!("removed {}", dir.display()));
         }

@@ -32,8 +32,11 @@ machine_root() {
   printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$TREE/etc/hosts"
 }
 
-# --capability=all: containerd mounts overlayfs and makes device nodes in the
-# snapshots; --register=no: no machined (and no system bus) on this host;
+# --capability=all: a node's root has every capability (runc and privileged
+# pods in host-mode-cluster-e2e.sh); the pulls alone need no more than
+# nspawn's default set (host-mode-e2e.sh passed with it, overlayfs mounts and
+# whiteout device nodes included); --register=no: no machined (and no system
+# bus) on this host;
 # --keep-unit: stay in the caller's cgroup. Exit code 133 is a reboot asked
 # for inside: boot again, as systemd-nspawn@.service does.
 machine_boot() {
