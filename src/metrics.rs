@@ -108,144 +108,124 @@ fn must<T>(r: prometheus::Result<T>) -> T {
     r.expect("metric definitions are static and valid")
 }
 
+const GRPC_BUCKETS: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+const PULL_BUCKETS: [f64; 16] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+    1800.0,
+];
+const PHASE_BUCKETS: [f64; 15] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// A metric's name and help text.
+type Def = (&'static str, &'static str);
+
+const GRPC_REQUESTS_TOTAL: Def = (
+    "cri_imaged_grpc_requests_total",
+    "CRI gRPC requests by method and status code.",
+);
+const GRPC_REQUEST_DURATION_SECONDS: Def = (
+    "cri_imaged_grpc_request_duration_seconds",
+    "CRI gRPC request latency by method.",
+);
+const PULLS_TOTAL: Def = (
+    "cri_imaged_pulls_total",
+    "Image pulls by result (success or failure).",
+);
+const PULL_FAILURES_TOTAL: Def = (
+    "cri_imaged_pull_failures_total",
+    "Failed image pulls by reason.",
+);
+const PULLS_IN_FLIGHT: Def = ("cri_imaged_pulls_in_flight", "Image pulls in progress.");
+const PULLS_COALESCED_TOTAL: Def = (
+    "cri_imaged_pulls_coalesced_total",
+    "PullImage calls that joined a pull already in progress.",
+);
+const PULL_DURATION_SECONDS: Def = (
+    "cri_imaged_pull_duration_seconds",
+    "Wall time of image pulls, by result (success, failure, present) and image size class.",
+);
+const REGISTRY_RETRIES_TOTAL: Def = (
+    "cri_imaged_registry_retries_total",
+    "Registry requests retried after 429, 5xx or a broken connection.",
+);
+const REGISTRY_HOST_FALLTHROUGHS_TOTAL: Def = (
+    "cri_imaged_registry_host_fallthroughs_total",
+    "Times a registry host (a mirror) failed or lacked the content and the next host was tried.",
+);
+const BLOB_RANGE_RESUMES_TOTAL: Def = (
+    "cri_imaged_blob_range_resumes_total",
+    "Blob downloads resumed with a Range request after the body broke off.",
+);
+const PULL_PHASE_DURATION_SECONDS: Def = (
+    "cri_imaged_pull_phase_duration_seconds",
+    "Time spent in each pull phase.",
+);
+const FETCHED_BYTES_TOTAL: Def = (
+    "cri_imaged_fetched_bytes_total",
+    "Bytes received from registries (blobs and manifests).",
+);
+const LAYERS_FETCHED_TOTAL: Def = ("cri_imaged_layers_fetched_total", "Layers downloaded.");
+const LAYERS_REUSED_TOTAL: Def = (
+    "cri_imaged_layers_reused_total",
+    "Layers already in containerd's content store, not downloaded.",
+);
+const LAYERS_STAGED_TOTAL: Def = ("cri_imaged_layers_staged_total", "Layers the native unpack wrote ahead of the snapshot chain (into a staging directory beside the snapshots) and then moved into their snapshot.");
+const LAYER_BLOB_STORE_FAILURES_TOTAL: Def = ("cri_imaged_layer_blob_store_failures_total", "Layer blobs a native-unpack pull downloaded but could not commit to containerd's content store in the background (the image runs from its snapshots; a later pull of the blob stores it).");
+const IMAGE_REMOVALS_TOTAL: Def = ("cri_imaged_image_removals_total", "Images removed.");
+const IMAGES: Def = ("cri_imaged_images", "Images known to the index.");
+const IMAGEFS_USED_BYTES: Def = (
+    "cri_imaged_imagefs_used_bytes",
+    "Bytes used by the snapshotter.",
+);
+const IMAGEFS_INODES_USED: Def = (
+    "cri_imaged_imagefs_inodes_used",
+    "Inodes used by the snapshotter.",
+);
+const CONTAINERD_UP: Def = (
+    "cri_imaged_containerd_up",
+    "1 when containerd is reachable and the image index is in sync.",
+);
+const LAYERS_UNPACKED_TOTAL: Def = ("cri_imaged_layers_unpacked_total", "Layers that became snapshots, by unpacker: native (cri-imaged wrote the files), containerd (its diff service) or remote (a remote snapshotter served the layer: not downloaded).");
+const LAYER_BLOBS_STORED_TOTAL: Def = ("cri_imaged_layer_blobs_stored_total", "Layer blobs downloaded for the native unpack and committed to containerd's content store, by way: blob_file (verified by cri-imaged and put in place as the store's blob file; containerd only records it), ingest_file (written in place, verified by containerd on commit) or write_api (streamed through its content Write API).");
+
+/// Makes each metric and registers it in the same step, so a metric defined
+/// is a metric exported.
+struct Defs(Registry);
+
+impl Defs {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: prometheus::Result<C>) -> C {
+        let c = must(c);
+        must(self.0.register(Box::new(c.clone())));
+        c
+    }
+    fn counter(&self, (name, help): Def) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+    fn int_gauge(&self, (name, help): Def) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+    fn gauge(&self, (name, help): Def) -> Gauge {
+        self.add(Gauge::new(name, help))
+    }
+    fn counter_vec(&self, (name, help): Def, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+    fn histogram_vec(&self, (name, help): Def, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let registry = Registry::new();
-        let grpc_requests = must(IntCounterVec::new(
-            Opts::new(
-                "cri_imaged_grpc_requests_total",
-                "CRI gRPC requests by method and status code.",
-            ),
-            &["method", "code"],
-        ));
-        let grpc_duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "cri_imaged_grpc_request_duration_seconds",
-                "CRI gRPC request latency by method.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-            ]),
-            &["method"],
-        ));
-        let pulls = must(IntCounterVec::new(
-            Opts::new(
-                "cri_imaged_pulls_total",
-                "Image pulls by result (success or failure).",
-            ),
-            &["result"],
-        ));
-        let pull_failures = must(IntCounterVec::new(
-            Opts::new(
-                "cri_imaged_pull_failures_total",
-                "Failed image pulls by reason.",
-            ),
-            &["reason"],
-        ));
-        let pulls_in_flight = must(IntGauge::new(
-            "cri_imaged_pulls_in_flight",
-            "Image pulls in progress.",
-        ));
-        let pulls_coalesced = must(IntCounter::new(
-            "cri_imaged_pulls_coalesced_total",
-            "PullImage calls that joined a pull already in progress.",
-        ));
-        let pull_duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "cri_imaged_pull_duration_seconds",
-                "Wall time of image pulls, by result (success, failure, present) and image size class.",
-            )
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-                1200.0, 1800.0,
-            ]),
-            &["result", "size"],
-        ));
-        let registry_retries = must(IntCounter::new(
-            "cri_imaged_registry_retries_total",
-            "Registry requests retried after 429, 5xx or a broken connection.",
-        ));
-        let registry_host_fallthroughs = must(IntCounter::new(
-            "cri_imaged_registry_host_fallthroughs_total",
-            "Times a registry host (a mirror) failed or lacked the content and the next host was tried.",
-        ));
-        let blob_range_resumes = must(IntCounter::new(
-            "cri_imaged_blob_range_resumes_total",
-            "Blob downloads resumed with a Range request after the body broke off.",
-        ));
-        let phase_duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "cri_imaged_pull_phase_duration_seconds",
-                "Time spent in each pull phase.",
-            )
-            .buckets(vec![
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                1800.0,
-            ]),
-            &["phase"],
-        ));
-        let bytes_fetched = must(IntCounter::new(
-            "cri_imaged_fetched_bytes_total",
-            "Bytes received from registries (blobs and manifests).",
-        ));
-        let layers_fetched = must(IntCounter::new(
-            "cri_imaged_layers_fetched_total",
-            "Layers downloaded.",
-        ));
-        let layers_reused = must(IntCounter::new(
-            "cri_imaged_layers_reused_total",
-            "Layers already in containerd's content store, not downloaded.",
-        ));
-        let layers_unpacked = must(IntCounterVec::new(
-            Opts::new(
-                "cri_imaged_layers_unpacked_total",
-                "Layers that became snapshots, by unpacker: native (cri-imaged wrote the files), containerd (its diff service) or remote (a remote snapshotter served the layer: not downloaded).",
-            ),
-            &["unpacker"],
-        ));
-        let layers_unpacked_native = layers_unpacked.with_label_values(&["native"]);
-        let layers_unpacked_containerd = layers_unpacked.with_label_values(&["containerd"]);
-        let layers_served_remote = layers_unpacked.with_label_values(&["remote"]);
-        let layers_staged = must(IntCounter::new(
-            "cri_imaged_layers_staged_total",
-            "Layers the native unpack wrote ahead of the snapshot chain (into a staging directory beside the snapshots) and then moved into their snapshot.",
-        ));
-        let blobs_stored = must(IntCounterVec::new(
-            Opts::new(
-                "cri_imaged_layer_blobs_stored_total",
-                "Layer blobs downloaded for the native unpack and committed to containerd's content store, by way: blob_file (verified by cri-imaged and put in place as the store's blob file; containerd only records it), ingest_file (written in place, verified by containerd on commit) or write_api (streamed through its content Write API).",
-            ),
-            &["via"],
-        ));
-        let blobs_stored_ingest_file = blobs_stored.with_label_values(&["ingest_file"]);
-        let blobs_stored_write_api = blobs_stored.with_label_values(&["write_api"]);
-        let blobs_stored_blob_file = blobs_stored.with_label_values(&["blob_file"]);
-        let blob_store_failures = must(IntCounter::new(
-            "cri_imaged_layer_blob_store_failures_total",
-            "Layer blobs a native-unpack pull downloaded but could not commit to containerd's content store in the background (the image runs from its snapshots; a later pull of the blob stores it).",
-        ));
-        let removals = must(IntCounter::new(
-            "cri_imaged_image_removals_total",
-            "Images removed.",
-        ));
-        let images = must(IntGauge::new(
-            "cri_imaged_images",
-            "Images known to the index.",
-        ));
-        let imagefs_used_bytes = must(Gauge::new(
-            "cri_imaged_imagefs_used_bytes",
-            "Bytes used by the snapshotter.",
-        ));
-        let imagefs_inodes_used = must(Gauge::new(
-            "cri_imaged_imagefs_inodes_used",
-            "Inodes used by the snapshotter.",
-        ));
-        let containerd_up = must(IntGauge::new(
-            "cri_imaged_containerd_up",
-            "1 when containerd is reachable and the image index is in sync.",
-        ));
-        let build_info = must(GaugeVec::new(
+        let d = Defs(Registry::new());
+        let layers_unpacked = d.counter_vec(LAYERS_UNPACKED_TOTAL, &["unpacker"]);
+        let blobs_stored = d.counter_vec(LAYER_BLOBS_STORED_TOTAL, &["via"]);
+        let build_info = d.add(GaugeVec::new(
             Opts::new("cri_imaged_build_info", "Build information; always 1."),
             &["version", "revision", "rustc_version"],
         ));
@@ -256,90 +236,80 @@ impl Metrics {
                 env!("CRI_IMAGED_RUSTC_VERSION"),
             ])
             .set(1.0);
-        for c in [
-            Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(grpc_duration.clone()),
-            Box::new(pulls.clone()),
-            Box::new(pull_failures.clone()),
-            Box::new(pulls_in_flight.clone()),
-            Box::new(pulls_coalesced.clone()),
-            Box::new(pull_duration.clone()),
-            Box::new(registry_retries.clone()),
-            Box::new(registry_host_fallthroughs.clone()),
-            Box::new(blob_range_resumes.clone()),
-            Box::new(phase_duration.clone()),
-            Box::new(bytes_fetched.clone()),
-            Box::new(layers_fetched.clone()),
-            Box::new(layers_reused.clone()),
-            Box::new(layers_unpacked.clone()),
-            Box::new(layers_staged.clone()),
-            Box::new(blobs_stored.clone()),
-            Box::new(blob_store_failures.clone()),
-            Box::new(removals.clone()),
-            Box::new(images.clone()),
-            Box::new(imagefs_used_bytes.clone()),
-            Box::new(imagefs_inodes_used.clone()),
-            Box::new(containerd_up.clone()),
-            Box::new(build_info.clone()),
-        ] {
-            must(registry.register(c));
-        }
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_start_time_seconds, ...
-        must(registry.register(Box::new(
+        must(d.0.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         )));
-        // Pre-create bounded label sets so every series exists from the start.
+        let m = Metrics {
+            grpc_requests: d.counter_vec(GRPC_REQUESTS_TOTAL, &["method", "code"]),
+            grpc_duration: d.histogram_vec(
+                GRPC_REQUEST_DURATION_SECONDS,
+                &GRPC_BUCKETS,
+                &["method"],
+            ),
+            pulls: d.counter_vec(PULLS_TOTAL, &["result"]),
+            pull_failures: d.counter_vec(PULL_FAILURES_TOTAL, &["reason"]),
+            pulls_in_flight: d.int_gauge(PULLS_IN_FLIGHT),
+            pulls_coalesced: d.counter(PULLS_COALESCED_TOTAL),
+            pull_duration: d.histogram_vec(
+                PULL_DURATION_SECONDS,
+                &PULL_BUCKETS,
+                &["result", "size"],
+            ),
+            registry_retries: d.counter(REGISTRY_RETRIES_TOTAL),
+            registry_host_fallthroughs: d.counter(REGISTRY_HOST_FALLTHROUGHS_TOTAL),
+            blob_range_resumes: d.counter(BLOB_RANGE_RESUMES_TOTAL),
+            phase_duration: d.histogram_vec(
+                PULL_PHASE_DURATION_SECONDS,
+                &PHASE_BUCKETS,
+                &["phase"],
+            ),
+            bytes_fetched: d.counter(FETCHED_BYTES_TOTAL),
+            layers_fetched: d.counter(LAYERS_FETCHED_TOTAL),
+            layers_reused: d.counter(LAYERS_REUSED_TOTAL),
+            layers_unpacked_native: layers_unpacked.with_label_values(&["native"]),
+            layers_unpacked_containerd: layers_unpacked.with_label_values(&["containerd"]),
+            layers_served_remote: layers_unpacked.with_label_values(&["remote"]),
+            layers_staged: d.counter(LAYERS_STAGED_TOTAL),
+            blobs_stored_ingest_file: blobs_stored.with_label_values(&["ingest_file"]),
+            blobs_stored_write_api: blobs_stored.with_label_values(&["write_api"]),
+            blobs_stored_blob_file: blobs_stored.with_label_values(&["blob_file"]),
+            blob_store_failures: d.counter(LAYER_BLOB_STORE_FAILURES_TOTAL),
+            removals: d.counter(IMAGE_REMOVALS_TOTAL),
+            images: d.int_gauge(IMAGES),
+            imagefs_used_bytes: d.gauge(IMAGEFS_USED_BYTES),
+            imagefs_inodes_used: d.gauge(IMAGEFS_INODES_USED),
+            containerd_up: d.int_gauge(CONTAINERD_UP),
+            build_info,
+            socket_ready: AtomicBool::new(false),
+            registry: d.0,
+        };
+        m.precreate_series();
+        Arc::new(m)
+    }
+
+    /// Pre-create the bounded label sets so every series exists from the start.
+    fn precreate_series(&self) {
         for r in ["success", "failure"] {
-            pulls.with_label_values(&[r]);
+            self.pulls.with_label_values(&[r]);
         }
         for r in FailureReason::ALL {
-            pull_failures.with_label_values(&[r.as_str()]);
+            self.pull_failures.with_label_values(&[r.as_str()]);
         }
         for p in PHASES {
-            phase_duration.with_label_values(&[p]);
+            self.phase_duration.with_label_values(&[p]);
         }
-        pull_duration.with_label_values(&["failure", "unknown"]);
+        self.pull_duration
+            .with_label_values(&["failure", "unknown"]);
         for size in SIZE_CLASSES {
             for result in ["success", "present"] {
-                pull_duration.with_label_values(&[result, size]);
+                self.pull_duration.with_label_values(&[result, size]);
             }
         }
         for m in RPC_METHODS {
-            grpc_duration.with_label_values(&[m]);
+            self.grpc_duration.with_label_values(&[m]);
         }
-        Arc::new(Metrics {
-            registry,
-            grpc_requests,
-            grpc_duration,
-            pulls,
-            pull_failures,
-            pulls_in_flight,
-            pulls_coalesced,
-            pull_duration,
-            registry_retries,
-            registry_host_fallthroughs,
-            blob_range_resumes,
-            phase_duration,
-            bytes_fetched,
-            layers_fetched,
-            layers_reused,
-            layers_unpacked_native,
-            layers_unpacked_containerd,
-            layers_served_remote,
-            layers_staged,
-            blobs_stored_ingest_file,
-            blobs_stored_write_api,
-            blobs_stored_blob_file,
-            blob_store_failures,
-            removals,
-            images,
-            imagefs_used_bytes,
-            imagefs_inodes_used,
-            containerd_up,
-            build_info,
-            socket_ready: AtomicBool::new(false),
-        })
     }
 
     /// Bring the registry client's counters over (called periodically).

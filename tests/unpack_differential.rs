@@ -731,7 +731,7 @@ async fn real_images_unpack_like_containerds_applier() {
     let mut summary = Vec::new();
     for (k, (name, img)) in images.iter().enumerate() {
         let repo = format!("real/{}", name.to_lowercase());
-        env.push(&repo, Some("v1"), &img).await;
+        env.push(&repo, Some("v1"), img).await;
         let r = env.image_ref(&repo, "v1");
         // Ours first: a blob already in the content store is applied by containerd.
         for d in [&ours, &theirs] {

@@ -127,6 +127,7 @@ pub struct NodeStart {
     pub cpu_theirs: Vec<f64>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn node_start(
     env: &TestEnv,
     pids: Pids,

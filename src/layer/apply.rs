@@ -150,6 +150,23 @@ struct Attrs {
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// Where an entry goes: its parent directory (open), its name there, its
+/// path in the layer and its name as the stream gave it (for errors).
+struct Place<'a> {
+    dir: BorrowedFd<'a>,
+    base: &'a [u8],
+    rel: &'a [u8],
+    raw: &'a [u8],
+}
+
+/// A symlink's or hardlink's target as the stream gives it.
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Vec<u8> {
+    entry
+        .link_name_bytes()
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
+}
+
 /// A name cleaned the way `filepath.Clean("/" + name)` does: no empty, `.` or
 /// `..` components, never above the root. `None`: a NUL byte (refused).
 fn clean(name: &[u8]) -> Option<Vec<&[u8]>> {
@@ -316,115 +333,19 @@ impl Applier {
             return r;
         }
         let attrs = self.attrs(&mut entry)?;
-        let name = os(base);
+        let at = Place {
+            dir: parent_fd.as_fd(),
+            base,
+            rel: &rel,
+            raw: &raw,
+        };
         use tar::EntryType as T;
         match kind {
-            T::Regular | T::Continuous => {
-                let create = || {
-                    rfs::openat(
-                        &parent_fd,
-                        name,
-                        OFlags::WRONLY
-                            | OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )
-                };
-                let fd = self
-                    .create_replacing(parent_fd.as_fd(), base, create)
-                    .map_err(|e| self.io_err("create file", &rel, e))?;
-                let want = entry.header().entry_size().map_err(LayerError::Read)?;
-                let mut file = std::fs::File::from(fd);
-                let mut written = 0u64;
-                loop {
-                    let n = entry.read(&mut self.buf).map_err(LayerError::Read)?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&self.buf[..n])
-                        .map_err(|e| self.io_err("write file", &rel, e))?;
-                    written += n as u64;
-                }
-                if written != want {
-                    return Err(self.err(&raw, format!("{written} of {want} bytes in the stream")));
-                }
-                self.stats.bytes += written;
-                self.finish_fd(file.as_fd(), &rel, &attrs)?;
-            }
-            T::Directory => {
-                // An existing directory is kept (its attributes are set below).
-                self.mkdir_replacing(parent_fd.as_fd(), base)
-                    .map_err(|e| self.io_err("mkdir", &rel, e))?;
-                let fd = rfs::openat(
-                    &parent_fd,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io_err("open directory", &rel, e))?;
-                self.finish_fd_no_times(fd.as_fd(), &rel, &attrs)?;
-                self.dirs.push((rel.clone(), attrs.times));
-            }
-            T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
-                if target.contains(&0) {
-                    return Err(self.err(&raw, "the link target holds a NUL byte"));
-                }
-                let mk = || rfs::symlinkat(os(&target), &parent_fd, name);
-                self.create_replacing(parent_fd.as_fd(), base, mk)
-                    .map_err(|e| self.io_err("symlink", &rel, e))?;
-                self.finish_at(parent_fd.as_fd(), base, &rel, &attrs, false)?;
-            }
-            T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
-                let tcomps = clean(&target)
-                    .ok_or_else(|| self.err(&raw, "the link target holds a NUL byte"))?;
-                let Some((tbase, tparent)) = tcomps.split_last() else {
-                    return Err(self.err(&raw, "a hardlink to the root"));
-                };
-                let tdir = open_in_root(
-                    self.root.as_fd(),
-                    &join(tparent),
-                    OFlags::PATH | OFlags::DIRECTORY,
-                )
-                .map_err(|e| self.io_err("resolve hardlink target", &target, e))?;
-                let mk = || rfs::linkat(&tdir, os(tbase), &parent_fd, name, AtFlags::empty());
-                self.create_replacing(parent_fd.as_fd(), base, mk)
-                    .map_err(|e| self.io_err("hardlink", &rel, e))?;
-                let is_link = matches!(rfs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW),
-                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
-                self.finish_at(parent_fd.as_fd(), base, &rel, &attrs, !is_link)?;
-            }
-            T::Char | T::Block | T::Fifo => {
-                let ft = match kind {
-                    T::Char => FileType::CharacterDevice,
-                    T::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                let h = entry.header();
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                let mk = || {
-                    rfs::mknodat(
-                        &parent_fd,
-                        name,
-                        ft,
-                        Mode::from_raw_mode(attrs.mode & 0o777),
-                        rfs::makedev(major, minor),
-                    )
-                };
-                self.create_replacing(parent_fd.as_fd(), base, mk)
-                    .map_err(|e| self.io_err("mknod", &rel, e))?;
-                self.finish_at(parent_fd.as_fd(), base, &rel, &attrs, true)?;
-            }
+            T::Regular | T::Continuous => self.write_file(&at, &mut entry, &attrs)?,
+            T::Directory => self.make_dir(&at, attrs)?,
+            T::Symlink => self.make_symlink(&at, &entry, &attrs)?,
+            T::Link => self.make_hardlink(&at, &entry, &attrs)?,
+            T::Char | T::Block | T::Fifo => self.make_node(&at, &entry, &attrs)?,
             other => {
                 return Err(self.err(
                     &raw,
@@ -434,6 +355,129 @@ impl Applier {
         }
         self.unpacked.insert(rel);
         Ok(())
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        at: &Place<'_>,
+        entry: &mut tar::Entry<'_, R>,
+        attrs: &Attrs,
+    ) -> Result<(), LayerError> {
+        let create = || {
+            rfs::openat(
+                at.dir,
+                os(at.base),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        let fd = self
+            .create_replacing(at.dir, at.base, create)
+            .map_err(|e| self.io_err("create file", at.rel, e))?;
+        let want = entry.header().entry_size().map_err(LayerError::Read)?;
+        let mut file = std::fs::File::from(fd);
+        let mut written = 0u64;
+        loop {
+            let n = entry.read(&mut self.buf).map_err(LayerError::Read)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&self.buf[..n])
+                .map_err(|e| self.io_err("write file", at.rel, e))?;
+            written += n as u64;
+        }
+        if written != want {
+            return Err(self.err(at.raw, format!("{written} of {want} bytes in the stream")));
+        }
+        self.stats.bytes += written;
+        self.finish_fd(file.as_fd(), at.rel, attrs)
+    }
+
+    fn make_dir(&mut self, at: &Place<'_>, attrs: Attrs) -> Result<(), LayerError> {
+        // An existing directory is kept (its attributes are set below).
+        self.mkdir_replacing(at.dir, at.base)
+            .map_err(|e| self.io_err("mkdir", at.rel, e))?;
+        let fd = rfs::openat(
+            at.dir,
+            os(at.base),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io_err("open directory", at.rel, e))?;
+        self.finish_fd_no_times(fd.as_fd(), at.rel, &attrs)?;
+        self.dirs.push((at.rel.to_vec(), attrs.times));
+        Ok(())
+    }
+
+    fn make_symlink<R: Read>(
+        &mut self,
+        at: &Place<'_>,
+        entry: &tar::Entry<'_, R>,
+        attrs: &Attrs,
+    ) -> Result<(), LayerError> {
+        let target = link_name(entry);
+        if target.contains(&0) {
+            return Err(self.err(at.raw, "the link target holds a NUL byte"));
+        }
+        let mk = || rfs::symlinkat(os(&target), at.dir, os(at.base));
+        self.create_replacing(at.dir, at.base, mk)
+            .map_err(|e| self.io_err("symlink", at.rel, e))?;
+        self.finish_at(at.dir, at.base, at.rel, attrs, false)
+    }
+
+    fn make_hardlink<R: Read>(
+        &mut self,
+        at: &Place<'_>,
+        entry: &tar::Entry<'_, R>,
+        attrs: &Attrs,
+    ) -> Result<(), LayerError> {
+        let target = link_name(entry);
+        let tcomps =
+            clean(&target).ok_or_else(|| self.err(at.raw, "the link target holds a NUL byte"))?;
+        let Some((tbase, tparent)) = tcomps.split_last() else {
+            return Err(self.err(at.raw, "a hardlink to the root"));
+        };
+        let tdir = open_in_root(
+            self.root.as_fd(),
+            &join(tparent),
+            OFlags::PATH | OFlags::DIRECTORY,
+        )
+        .map_err(|e| self.io_err("resolve hardlink target", &target, e))?;
+        let mk = || rfs::linkat(&tdir, os(tbase), at.dir, os(at.base), AtFlags::empty());
+        self.create_replacing(at.dir, at.base, mk)
+            .map_err(|e| self.io_err("hardlink", at.rel, e))?;
+        let is_link = matches!(rfs::statat(at.dir, os(at.base), AtFlags::SYMLINK_NOFOLLOW),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+        self.finish_at(at.dir, at.base, at.rel, attrs, !is_link)
+    }
+
+    fn make_node<R: Read>(
+        &mut self,
+        at: &Place<'_>,
+        entry: &tar::Entry<'_, R>,
+        attrs: &Attrs,
+    ) -> Result<(), LayerError> {
+        use tar::EntryType as T;
+        let h = entry.header();
+        let ft = match h.entry_type() {
+            T::Char => FileType::CharacterDevice,
+            T::Block => FileType::BlockDevice,
+            _ => FileType::Fifo,
+        };
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        let mk = || {
+            rfs::mknodat(
+                at.dir,
+                os(at.base),
+                ft,
+                Mode::from_raw_mode(attrs.mode & 0o777),
+                rfs::makedev(major, minor),
+            )
+        };
+        self.create_replacing(at.dir, at.base, mk)
+            .map_err(|e| self.io_err("mknod", at.rel, e))?;
+        self.finish_at(at.dir, at.base, at.rel, attrs, true)
     }
 
     /// Create `name` in `parent` with `create`; where something is there

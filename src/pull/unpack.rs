@@ -117,28 +117,7 @@ pub async fn unpack(
     spools: Vec<oneshot::Receiver<Arc<Spool>>>,
 ) -> Result<Duration, PullError> {
     let start = Instant::now();
-    // Which snapshots exist, all at once (read-only Stats). A chain's snapshot
-    // keeps its parents, so only the highest present one joins the lease;
-    // it is looked at again after that, in case a concurrent RemoveImage
-    // collected it in between (then every layer is applied; commits of
-    // chains that exist are accepted).
-    let exists = futures::future::try_join_all(
-        chain
-            .iter()
-            .map(|c| ctx.cd.snapshot_exists(&ctx.snapshotter, c)),
-    )
-    .await?;
-    let mut present_up_to = exists.iter().rposition(|e| *e);
-    if let Some(k) = present_up_to {
-        let held = LeaseResource::Snapshot {
-            snapshotter: &ctx.snapshotter,
-            key: &chain[k],
-        };
-        ctx.cd.lease_add(&ctx.lease, held).await?;
-        if !ctx.cd.snapshot_exists(&ctx.snapshotter, &chain[k]).await? {
-            present_up_to = None;
-        }
-    }
+    let present_up_to = present_up_to(ctx, chain).await?;
     let needed: Vec<bool> = (0..layers.len())
         .map(|i| present_up_to.is_none_or(|k| i > k))
         .collect();
@@ -148,121 +127,173 @@ pub async fn unpack(
         .iter()
         .map(|_| oneshot::channel::<Decoding>())
         .unzip();
-    let starter = ctx.native.is_some().then(|| {
-        let ahead = Arc::new(Semaphore::new(decode_ahead()));
-        // The pull's decoders reuse each other's chunk buffers.
-        let pool = layer::ChunkPool::default();
-        let jobs: Vec<_> = layers
-            .iter()
-            .cloned()
-            .zip(spools)
-            .zip(decoded_tx)
-            .zip(needed.iter().copied())
-            .collect();
-        AbortOnDrop::spawn(async move {
-            for (((desc, spool), tx), needed) in jobs {
-                if !needed {
-                    continue;
-                }
-                let Ok(permit) = ahead.clone().acquire_owned().await else {
-                    return;
-                };
-                if let Ok(spool) = spool.await {
-                    let _ = tx.send(start_decoder(spool, &desc, permit, &pool));
-                }
-            }
-        })
-    });
-    // The stager writes the needed layers ahead of the chain (stage.rs).
-    let mut sources: Vec<Source> = Vec::with_capacity(layers.len());
-    let mut stager = None;
-    if starter.is_some() {
-        let (base_tx, base_rx) = oneshot::channel();
-        let mut base_tx = Some(base_tx);
-        let mut jobs = Vec::new();
-        for (i, decoded) in decoded.into_iter().enumerate() {
-            if !needed[i] {
-                sources.push(Source::Containerd);
-                continue;
-            }
-            let (out, outcome) = oneshot::channel();
-            jobs.push(stage::Job {
-                layer: layers[i].clone(),
-                diff_id: diff_ids[i].clone(),
-                decoded,
-                out,
-            });
-            sources.push(Source::Stager {
-                outcome,
-                base: base_tx.take(),
-            });
-        }
-        stager = Some(AbortOnDrop::spawn(stage::run(base_rx, jobs)));
+    let (starter, stager, sources) = if ctx.native.is_some() {
+        let starter = start_decoders(layers, spools, decoded_tx, &needed);
+        let (stager, sources) = start_stager(layers, diff_ids, decoded, &needed);
+        (Some(starter), Some(stager), sources)
     } else {
-        sources.extend(layers.iter().map(|_| Source::Containerd));
-    }
+        (
+            None,
+            None,
+            layers.iter().map(|_| Source::Containerd).collect(),
+        )
+    };
     let mut labelling = Vec::new();
     let mut parent = String::new();
     for (i, ((layer, done), source)) in layers.iter().zip(fetched).zip(sources).enumerate() {
         let chain_id = &chain[i];
-        if needed[i] {
-            let decoding = source;
-            let done = match apply_layer(
-                ctx,
-                i,
+        if !needed[i] {
+            // Still wait for the blob: the image must be complete in content too.
+            ctx.open_commit_gate();
+            done.await.map_err(|_| PullError::Canceled)?;
+        } else {
+            let at = LayerAt {
+                index: i,
                 layer,
-                &diff_ids[i],
+                diff_id: &diff_ids[i],
                 chain_id,
-                &parent,
-                decoding,
-                done,
-            )
-            .await?
-            {
+                parent: &parent,
+            };
+            let wait = match apply_layer(ctx, &at, source, done).await? {
                 // Labelled when its blob is committed (in the background).
-                Label::AtCommit => {
-                    parent = chain_id.clone();
-                    continue;
-                }
-                Label::Now => None,
+                Label::AtCommit => None,
+                Label::Now => Some(None),
                 Label::After(done) => {
                     // Waiting on a blob: let the commits go.
                     ctx.open_commit_gate();
-                    Some(done)
+                    Some(Some(done))
                 }
             };
-            // Off the critical path: the next layer's Prepare need not wait
-            // for this label; all are joined before the unpack reports done.
-            let (cd, discard) = (ctx.cd.clone(), ctx.discard_layers);
-            let (digest, diff_id) = (layer.digest.clone(), diff_ids[i].clone());
-            labelling.push(tokio::spawn(async move {
-                // A layer another pull committed may still be on its way
-                // into the content store.
-                if let Some(done) = done {
-                    done.await.map_err(|_| PullError::Canceled)?;
-                }
-                let label = HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id)]);
-                match cd.label_content(&digest, label).await {
-                    // discard_unpacked_layers: a natively unpacked blob is never stored.
-                    Err(e) if discard && e.is_not_found() => Ok(()),
-                    r => r.map_err(PullError::from),
-                }
-            }));
-        } else {
-            // Still wait for the blob: the image must be complete in content too.
-            {
-                ctx.open_commit_gate();
-                done.await.map_err(|_| PullError::Canceled)?;
+            if let Some(wait) = wait {
+                // Off the critical path: the next layer's Prepare need not
+                // wait for this label; all are joined before the unpack ends.
+                labelling.push(label_later(ctx, layer, &diff_ids[i], wait));
             }
         }
         parent = chain_id.clone();
     }
-    drop(stager);
+    drop((starter, stager));
     for l in labelling {
         l.await
             .map_err(|e| PullError::Internal(format!("labelling task: {e}")))??;
     }
     Ok(start.elapsed())
+}
+
+/// The highest layer whose chain's snapshot exists, held in the lease.
+/// Which snapshots exist is asked all at once (read-only Stats). A chain's
+/// snapshot keeps its parents, so only the highest present one joins the
+/// lease; it is looked at again after that, in case a concurrent RemoveImage
+/// collected it in between (then every layer is applied; commits of chains
+/// that exist are accepted).
+async fn present_up_to(ctx: &PullCtx, chain: &[String]) -> Result<Option<usize>, PullError> {
+    let exists = futures::future::try_join_all(
+        chain
+            .iter()
+            .map(|c| ctx.cd.snapshot_exists(&ctx.snapshotter, c)),
+    )
+    .await?;
+    let Some(k) = exists.iter().rposition(|e| *e) else {
+        return Ok(None);
+    };
+    let held = LeaseResource::Snapshot {
+        snapshotter: &ctx.snapshotter,
+        key: &chain[k],
+    };
+    ctx.cd.lease_add(&ctx.lease, held).await?;
+    if !ctx.cd.snapshot_exists(&ctx.snapshotter, &chain[k]).await? {
+        return Ok(None);
+    }
+    Ok(Some(k))
+}
+
+/// Start each needed layer's decoder once its download starts, in layer
+/// order, at most `decode_ahead()` at a time.
+fn start_decoders(
+    layers: &[Descriptor],
+    spools: Vec<oneshot::Receiver<Arc<Spool>>>,
+    decoded_tx: Vec<oneshot::Sender<Decoding>>,
+    needed: &[bool],
+) -> AbortOnDrop<()> {
+    let ahead = Arc::new(Semaphore::new(decode_ahead()));
+    // The pull's decoders reuse each other's chunk buffers.
+    let pool = layer::ChunkPool::default();
+    let jobs: Vec<_> = layers
+        .iter()
+        .cloned()
+        .zip(spools)
+        .zip(decoded_tx)
+        .zip(needed.iter().copied())
+        .collect();
+    AbortOnDrop::spawn(async move {
+        for (((desc, spool), tx), needed) in jobs {
+            if !needed {
+                continue;
+            }
+            let Ok(permit) = ahead.clone().acquire_owned().await else {
+                return;
+            };
+            if let Ok(spool) = spool.await {
+                let _ = tx.send(start_decoder(spool, &desc, permit, &pool));
+            }
+        }
+    })
+}
+
+/// The stager writes the needed layers ahead of the chain (stage.rs);
+/// returns it and where each layer comes from.
+fn start_stager(
+    layers: &[Descriptor],
+    diff_ids: &[String],
+    decoded: Vec<oneshot::Receiver<Decoding>>,
+    needed: &[bool],
+) -> (AbortOnDrop<()>, Vec<Source>) {
+    let (base_tx, base_rx) = oneshot::channel();
+    let mut base_tx = Some(base_tx);
+    let mut jobs = Vec::new();
+    let mut sources = Vec::with_capacity(layers.len());
+    for (i, decoded) in decoded.into_iter().enumerate() {
+        if !needed[i] {
+            sources.push(Source::Containerd);
+            continue;
+        }
+        let (out, outcome) = oneshot::channel();
+        jobs.push(stage::Job {
+            layer: layers[i].clone(),
+            diff_id: diff_ids[i].clone(),
+            decoded,
+            out,
+        });
+        sources.push(Source::Stager {
+            outcome,
+            base: base_tx.take(),
+        });
+    }
+    (AbortOnDrop::spawn(stage::run(base_rx, jobs)), sources)
+}
+
+/// Label a layer's blob with its uncompressed digest in the background,
+/// after `wait` (a layer another pull committed may still be on its way
+/// into the content store).
+fn label_later(
+    ctx: &PullCtx,
+    layer: &Descriptor,
+    diff_id: &str,
+    wait: Option<oneshot::Receiver<()>>,
+) -> tokio::task::JoinHandle<Result<(), PullError>> {
+    let (cd, discard) = (ctx.cd.clone(), ctx.discard_layers);
+    let (digest, diff_id) = (layer.digest.clone(), diff_id.to_string());
+    tokio::spawn(async move {
+        if let Some(done) = wait {
+            done.await.map_err(|_| PullError::Canceled)?;
+        }
+        let label = HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id)]);
+        match cd.label_content(&digest, label).await {
+            // discard_unpacked_layers: a natively unpacked blob is never stored.
+            Err(e) if discard && e.is_not_found() => Ok(()),
+            r => r.map_err(PullError::from),
+        }
+    })
 }
 
 /// An active snapshot removed when dropped before `keep` (a failure, a
@@ -383,37 +414,42 @@ pub(super) fn extract_key(chain_id: &str) -> String {
     )
 }
 
-/// Apply layer `index`; says when its blob is to be labelled.
-#[allow(clippy::too_many_arguments)]
+/// One layer of the chain: its place, its digests, its parent's chain ID.
+#[derive(Clone, Copy)]
+struct LayerAt<'a> {
+    index: usize,
+    layer: &'a Descriptor,
+    diff_id: &'a str,
+    chain_id: &'a str,
+    parent: &'a str,
+}
+
+/// Apply one layer; says when its blob is to be labelled.
 async fn apply_layer(
     ctx: &PullCtx,
-    index: usize,
-    layer: &Descriptor,
-    diff_id: &str,
-    chain_id: &str,
-    parent: &str,
+    at: &LayerAt<'_>,
     source: Source,
     done: oneshot::Receiver<()>,
 ) -> Result<Label, PullError> {
     let t0 = Instant::now();
-    let key = extract_key(chain_id);
+    let key = extract_key(at.chain_id);
     // For a remote snapshotter: the labels it may serve the layer by.
     let prepare_labels = ctx
         .remote
         .as_ref()
-        .map(|r| r.image.for_layer(&r.layers, index, chain_id))
+        .map(|r| r.image.for_layer(&r.layers, at.index, at.chain_id))
         .unwrap_or_default();
-    let mounts = match ctx
+    let prepared = ctx
         .cd
         .prepare_snapshot(
             &ctx.snapshotter,
             &key,
-            parent,
+            at.parent,
             prepare_labels,
             Some(&ctx.lease),
         )
-        .await
-    {
+        .await;
+    let mounts = match prepared {
         Ok(m) => m,
         Err(ContainerdError::AlreadyExists(_)) => return Ok(Label::After(done)),
         Err(e) => return Err(e.into()),
@@ -424,25 +460,86 @@ async fn apply_layer(
         armed: true,
     };
     let target = native_target(&mounts);
-    // Written by the stager (ahead of this Prepare), or here.
-    let (staged, decoding) = match source {
-        Source::Containerd => (None, None),
+    let (staged, decoding) = take_source(source, &target).await?;
+    let t1 = Instant::now();
+    let staged = place_staged(ctx, at.layer, staged, &target)?;
+    let rest = match (staged, decoding, target) {
+        (Some(true), _, _) => {
+            ctx.metrics.layers_unpacked_native.inc();
+            Label::AtCommit
+        }
+        (None, Some(d), Some(t)) => {
+            apply_native(at.layer, at.diff_id, d, t, Vec::new()).await?;
+            ctx.metrics.layers_unpacked_native.inc();
+            Label::AtCommit
+        }
+        (_, decoding, _) => apply_by_containerd(ctx, at, mounts, decoding, done).await?,
+    };
+    let t2 = Instant::now();
+    let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), at.chain_id.to_string())]);
+    let committed = ctx
+        .cd
+        .commit_snapshot(
+            &ctx.snapshotter,
+            at.chain_id,
+            &key,
+            labels,
+            Some(&ctx.lease),
+        )
+        .await;
+    match committed {
+        Ok(()) => active.keep(),
+        // Someone else committed the same chain meanwhile: theirs is as good
+        // (ours is removed by the guard).
+        Err(ContainerdError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::debug!(
+        layer = at.index,
+        digest = %at.layer.digest,
+        prepare_us = (t1 - t0).as_micros() as u64,
+        write_us = (t2 - t1).as_micros() as u64,
+        commit_us = t2.elapsed().as_micros() as u64,
+        "layer unpacked"
+    );
+    Ok(rest)
+}
+
+/// What the layer's source left: written by the stager (ahead of this
+/// Prepare; `Some(None)`: into this very snapshot), or a decoder to apply
+/// here, or neither (containerd applies it).
+async fn take_source(
+    source: Source,
+    target: &Option<Target>,
+) -> Result<(Option<Option<stage::StagedDir>>, Option<Decoding>), PullError> {
+    match source {
+        Source::Containerd => Ok((None, None)),
         Source::Stager { outcome, base } => {
             if let Some(tx) = base {
                 let _ = tx.send(target.clone());
             }
             match outcome.await {
-                Ok(stage::StageOutcome::Applied(dir)) => (Some(dir), None),
-                Ok(stage::StageOutcome::Declined(d)) => (None, d),
-                Ok(stage::StageOutcome::Failed(e)) => return Err(e),
-                Err(_) => (None, None),
+                Ok(stage::StageOutcome::Applied(dir)) => Ok((Some(dir), None)),
+                Ok(stage::StageOutcome::Declined(d)) => Ok((None, d)),
+                Ok(stage::StageOutcome::Failed(e)) => Err(e),
+                Err(_) => Ok((None, None)),
             }
         }
-    };
-    let t1 = Instant::now();
-    let staged = match (staged, &target) {
+    }
+}
+
+/// Move a staged layer into its snapshot: `Some(true)` when the snapshot
+/// now holds it, `Some(false)` when the staging does not fit (containerd
+/// applies it), `None` when nothing was staged.
+fn place_staged(
+    ctx: &PullCtx,
+    layer: &Descriptor,
+    staged: Option<Option<stage::StagedDir>>,
+    target: &Option<Target>,
+) -> Result<Option<bool>, PullError> {
+    match (staged, target) {
         // Written straight into this snapshot (the chain's first layer).
-        (Some(None), _) => Some(true),
+        (Some(None), _) => Ok(Some(true)),
         (Some(Some(dir)), Some(t)) if dir.fits(t) => {
             dir.move_into(&t.upper).map_err(|e| {
                 PullError::local_io(
@@ -451,83 +548,52 @@ async fn apply_layer(
                 )
             })?;
             ctx.metrics.layers_staged.inc();
-            Some(true)
+            Ok(Some(true))
         }
         // Staged against other lower layers than the snapshot has: dropped.
         (Some(Some(_)), _) => {
             tracing::debug!(layer = %layer.digest, "staged layer does not fit the prepared snapshot; containerd applies it");
-            Some(false)
+            Ok(Some(false))
         }
-        (None, _) => None,
-    };
-    let rest = match (staged, decoding, target) {
-        (Some(true), _, _) => {
-            ctx.metrics.layers_unpacked_native.inc();
-            Label::AtCommit
-        }
-        (None, Some(d), Some(t)) => {
-            apply_native(layer, diff_id, d, t, Vec::new()).await?;
-            ctx.metrics.layers_unpacked_native.inc();
-            Label::AtCommit
-        }
-        (_, decoding, _) => {
-            if decoding.is_some() && !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    snapshotter = %ctx.snapshotter,
-                    mounts = ?mounts.iter().map(|m| &m.r#type).collect::<Vec<_>>(),
-                    "native unpack not possible here (snapshot directories not visible from this mount namespace?); containerd's diff service applies the layers (logged once)"
-                );
-            }
-            drop(decoding);
-            {
-                ctx.open_commit_gate();
-                done.await.map_err(|_| PullError::Canceled)?;
-            }
-            let applied = ctx
-                .cd
-                .apply_diff(
-                    containerd_client::types::Descriptor {
-                        media_type: layer.media_type.clone(),
-                        digest: layer.digest.clone(),
-                        size: layer.size,
-                        annotations: HashMap::new(),
-                    },
-                    mounts,
-                    Some(&ctx.lease),
-                )
-                .await?;
-            if applied.digest != diff_id {
-                return Err(PullError::DigestMismatch(format!(
-                    "layer {} unpacked to {} but the image config expects diff ID {diff_id}",
-                    layer.digest, applied.digest
-                )));
-            }
-            ctx.metrics.layers_unpacked_containerd.inc();
-            Label::Now
-        }
-    };
-    let t2 = Instant::now();
-    let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain_id.to_string())]);
-    match ctx
-        .cd
-        .commit_snapshot(&ctx.snapshotter, chain_id, &key, labels, Some(&ctx.lease))
-        .await
-    {
-        Ok(()) => active.keep(),
-        // Someone else committed the same chain meanwhile: theirs is as good
-        // (ours is removed by the guard).
-        Err(ContainerdError::AlreadyExists(_)) => {}
-        Err(e) => return Err(e.into()),
+        (None, _) => Ok(None),
     }
-    tracing::debug!(
-        layer = index,
-        digest = %layer.digest,
-        prepare_us = (t1 - t0).as_micros() as u64,
-        write_us = (t2 - t1).as_micros() as u64,
-        commit_us = t2.elapsed().as_micros() as u64,
-        "layer unpacked"
-    );
-    Ok(rest)
+}
+
+/// containerd's diff service applies the layer from the content store, once
+/// its blob is there; the result must be the config's diff ID.
+async fn apply_by_containerd(
+    ctx: &PullCtx,
+    at: &LayerAt<'_>,
+    mounts: Vec<containerd_client::types::Mount>,
+    decoding: Option<Decoding>,
+    done: oneshot::Receiver<()>,
+) -> Result<Label, PullError> {
+    if decoding.is_some() && !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            snapshotter = %ctx.snapshotter,
+            mounts = ?mounts.iter().map(|m| &m.r#type).collect::<Vec<_>>(),
+            "native unpack not possible here (snapshot directories not visible from this mount namespace?); containerd's diff service applies the layers (logged once)"
+        );
+    }
+    drop(decoding);
+    ctx.open_commit_gate();
+    done.await.map_err(|_| PullError::Canceled)?;
+    let layer = at.layer;
+    let blob = containerd_client::types::Descriptor {
+        media_type: layer.media_type.clone(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        annotations: HashMap::new(),
+    };
+    let applied = ctx.cd.apply_diff(blob, mounts, Some(&ctx.lease)).await?;
+    if applied.digest != at.diff_id {
+        return Err(PullError::DigestMismatch(format!(
+            "layer {} unpacked to {} but the image config expects diff ID {}",
+            layer.digest, applied.digest, at.diff_id
+        )));
+    }
+    ctx.metrics.layers_unpacked_containerd.inc();
+    Ok(Label::Now)
 }
 
 /// The decoder thread (already running) feeds an applier thread writing the
