@@ -42,6 +42,27 @@ pub mod labels {
     pub const GC_REF_CONTENT_LAYER_PREFIX: &str = "containerd.io/gc.ref.content.l.";
     pub const GC_REF_CONTENT_MANIFEST_PREFIX: &str = "containerd.io/gc.ref.content.m.";
     pub const GC_REF_SNAPSHOT_PREFIX: &str = "containerd.io/gc.ref.snapshot.";
+
+    /// `containerd.io/distribution.source.<host>=<repo>`, with the host as
+    /// containerd writes it: the reference's domain without its port (Go's
+    /// `url.Hostname()`), so `localhost:5000/a` gives `...source.localhost=a`.
+    pub fn source_label(domain: &str, repo: &str) -> (String, String) {
+        (
+            format!("{}{}", DISTRIBUTION_SOURCE_PREFIX, hostname(domain)),
+            repo.to_string(),
+        )
+    }
+
+    /// `host[:port]` or `[v6]:port` without the port (and brackets).
+    fn hostname(domain: &str) -> &str {
+        if let Some(rest) = domain.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        match domain.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+            _ => domain,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

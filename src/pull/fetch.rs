@@ -20,7 +20,7 @@ use futures::future::{try_join, try_join_all};
 use tokio::sync::Semaphore;
 
 use super::spool::{Spool, SpoolWriter};
-use super::{records, unpack, PullCtx, PullError, Puller};
+use super::{unpack, PullCtx, PullError, Puller};
 use crate::containerd::{ContainerdError, LeaseResource};
 use crate::manifest::{Descriptor, DigestHasher};
 use tokio::sync::oneshot;
@@ -955,7 +955,7 @@ async fn fetch_layer(
                 let (ctx, layer, diff_id) = (ctx.clone(), layer.clone(), diff_id.to_string());
                 // Only the caller that runs the download hands out a spool.
                 move || async move {
-                    let source = records::source_label(&ctx.domain, &ctx.repo);
+                    let source = crate::containerd::labels::source_label(&ctx.domain, &ctx.repo);
                     let labels = HashMap::from([source]);
                     match &ctx.native {
                         Some(n) => {

@@ -7,7 +7,9 @@
 
 mod error;
 mod fetch;
+mod leftovers;
 mod local;
+mod native;
 mod place;
 mod records;
 mod recover;
@@ -33,11 +35,11 @@ use crate::store::Store;
 pub(crate) use error::retryable;
 pub use error::PullError;
 use fetch::{BlobKey, Fetched, LayersDone};
+pub use leftovers::cleanup_interrupted;
 pub use place::cleanup as cleanup_blob_tmp;
 pub use recover::at_start as repair_at_start;
 use resolve::RegistrySource;
 pub use stage::cleanup as cleanup_staging;
-pub use unpack::cleanup_interrupted;
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]

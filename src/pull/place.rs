@@ -100,7 +100,9 @@ fn copy_into(content_root: &Path, file: &File, target: &Path) -> io::Result<Plac
 /// Remove what a killed cri-imaged left in `<content root>/cri-imaged-tmp`
 /// (files named `<pid>-<random>`). Runs at start.
 pub fn cleanup(content_root: &Path) -> usize {
-    super::unpack::remove_dead_leftovers(&content_root.join(TMP_DIR), |p| std::fs::remove_file(p))
+    super::leftovers::remove_dead_leftovers(&content_root.join(TMP_DIR), |p| {
+        std::fs::remove_file(p)
+    })
 }
 
 #[cfg(test)]

@@ -24,27 +24,6 @@ pub(super) fn names(reference: &Reference, target: &str, image_id: &str) -> Vec<
     names
 }
 
-/// `containerd.io/distribution.source.<host>=<repo>`, with the host as
-/// containerd writes it: the reference's domain without its port (Go's
-/// `url.Hostname()`), so `localhost:5000/a` gives `...source.localhost=a`.
-pub(super) fn source_label(domain: &str, repo: &str) -> (String, String) {
-    (
-        format!("{}{}", labels::DISTRIBUTION_SOURCE_PREFIX, hostname(domain)),
-        repo.to_string(),
-    )
-}
-
-/// `host[:port]` or `[v6]:port` without the port (and brackets).
-fn hostname(domain: &str) -> &str {
-    if let Some(rest) = domain.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match domain.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-        _ => domain,
-    }
-}
-
 /// Write config, manifest and indexes (children first), each with the GC
 /// references to what it needs: config -> top snapshot, manifest -> config
 /// and layers, index -> its entries.
@@ -53,7 +32,7 @@ pub(super) async fn write_documents(
     image: &Selected,
     top_chain: &str,
 ) -> Result<(), PullError> {
-    let source = || HashMap::from([source_label(&ctx.domain, &ctx.repo)]);
+    let source = || HashMap::from([labels::source_label(&ctx.domain, &ctx.repo)]);
     let mut cfg_labels = source();
     if !top_chain.is_empty() {
         cfg_labels.insert(
@@ -159,7 +138,7 @@ mod tests {
 
     #[test]
     fn source_label_drops_the_port_like_containerd() {
-        let key = |d| source_label(d, "r").0;
+        let key = |d| labels::source_label(d, "r").0;
         assert_eq!(
             key("docker.io"),
             "containerd.io/distribution.source.docker.io"

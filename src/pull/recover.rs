@@ -167,7 +167,7 @@ async fn commit_spooled(
         if pid == me && instance == Some(*INSTANCE) {
             continue;
         }
-        if pid != me && super::unpack::pid_is_cri_imaged(pid) {
+        if pid != me && super::leftovers::pid_is_cri_imaged(pid) {
             continue;
         }
         let path = e.path();

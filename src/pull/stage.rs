@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags};
 use tokio::sync::oneshot;
 
-use super::unpack::{apply_native, Decoding, Target};
+use super::native::{apply_native, Decoding, Target};
 use super::PullError;
 use crate::layer::Whiteouts;
 use crate::manifest::Descriptor;
@@ -222,7 +222,7 @@ pub async fn run(base: oneshot::Receiver<Option<Target>>, jobs: Vec<Job>) {
 /// Remove staging directories a killed cri-imaged left under
 /// `<snapshotter_root>/cri-imaged-staging`. Runs at start.
 pub fn cleanup(snapshotter_root: &Path) -> usize {
-    super::unpack::remove_dead_leftovers(&snapshotter_root.join(STAGING_DIR), |p| {
+    super::leftovers::remove_dead_leftovers(&snapshotter_root.join(STAGING_DIR), |p| {
         std::fs::remove_dir_all(p)
     })
 }

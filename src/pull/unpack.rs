@@ -15,17 +15,17 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
+use super::native::{apply_native, native_target, start_decoder, Decoding, Target};
 use super::spool::Spool;
 use super::stage;
 use super::{AbortOnDrop, PullCtx, PullError};
 use crate::containerd::{labels, ContainerdError, LeaseResource};
-use crate::layer::{self, LayerError, Whiteouts};
+use crate::layer;
 use crate::manifest::Descriptor;
 
 /// Key prefix of our active (being extracted) snapshots:
@@ -48,8 +48,6 @@ fn decode_ahead() -> usize {
     });
     *N
 }
-const DECODE_BUFFER: usize = 4;
-
 /// Settings of the native unpack for one pull.
 #[derive(Debug, Clone)]
 pub struct Native {
@@ -58,51 +56,6 @@ pub struct Native {
 
 /// A fallback to containerd's applier is logged once per process.
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
-
-/// Sets the flag when dropped: stops the blocking threads of an abandoned unpack.
-struct CancelOnDrop(Arc<AtomicBool>);
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One layer being decoded ahead of its apply.
-pub(super) struct Decoding {
-    rx: Receiver<Vec<u8>>,
-    task: tokio::task::JoinHandle<Result<layer::Decoded, LayerError>>,
-    cancel: CancelOnDrop,
-    _permit: OwnedSemaphorePermit,
-    pool: layer::ChunkPool,
-    /// The download it reads (for the download's own error).
-    spool: Arc<Spool>,
-}
-
-fn start_decoder(
-    spool: Arc<Spool>,
-    desc: &Descriptor,
-    permit: OwnedSemaphorePermit,
-    pool: &layer::ChunkPool,
-) -> Decoding {
-    let (tx, rx) = sync_channel(DECODE_BUFFER);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (flag, digest, size) = (cancel.clone(), desc.digest.clone(), desc.size.max(0) as u64);
-    let pool2 = pool.clone();
-    let spool2 = spool.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        // The spool ends only once the download matched the digest.
-        let check = layer::Check::SizeOnly;
-        layer::decode(spool.reader(), &digest, check, size, tx, &flag, &pool2)
-    });
-    Decoding {
-        rx,
-        task,
-        cancel: CancelOnDrop(cancel),
-        _permit: permit,
-        pool: pool.clone(),
-        spool: spool2,
-    }
-}
 
 /// Unpack `layers`; `fetched[i]` fires when layer i is in the content store;
 /// `spools[i]` yields layer i's download as it streams in, when this pull
@@ -327,56 +280,6 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Where a prepared snapshot's files go, from the mounts Prepare returned.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Target {
-    pub upper: PathBuf,
-    pub lowers: Vec<PathBuf>,
-    pub whiteouts: Whiteouts,
-}
-
-/// The overlayfs snapshotter's mounts: a bind of the (empty) directory for a
-/// layer without parent, an overlay with `upperdir` and `lowerdir` (topmost
-/// first) otherwise. `None` for anything else, or directories not visible
-/// from here (another mount namespace).
-pub(crate) fn native_target(mounts: &[containerd_client::types::Mount]) -> Option<Target> {
-    let [m] = mounts else { return None };
-    let t = match m.r#type.as_str() {
-        "bind" => Target {
-            upper: PathBuf::from(&m.source),
-            lowers: Vec::new(),
-            // containerd applies a base layer through a mount, removing
-            // what its whiteouts name; there is nothing below to hide.
-            whiteouts: Whiteouts::Remove,
-        },
-        "overlay" => {
-            let opt = |k: &str| m.options.iter().find_map(|o| o.strip_prefix(k));
-            Target {
-                upper: PathBuf::from(opt("upperdir=")?),
-                lowers: opt("lowerdir=")
-                    .map(|l| l.split(':').map(PathBuf::from).collect())
-                    .unwrap_or_default(),
-                whiteouts: Whiteouts::Overlay,
-            }
-        }
-        _ => return None,
-    };
-    // Writable from here too: a read-only mount (the chart's pod mode, a
-    // host service with ProtectSystem) leaves the writing to containerd.
-    let writable = rustix::fs::access(&t.upper, rustix::fs::Access::WRITE_OK).is_ok();
-    (writable && t.upper.is_dir() && t.lowers.iter().all(|l| l.is_dir())).then_some(t)
-}
-
-fn layer_error(e: LayerError) -> PullError {
-    if e.is_mismatch() {
-        return PullError::DigestMismatch(e.to_string());
-    }
-    match e {
-        LayerError::Canceled => PullError::Canceled,
-        e => PullError::local_io(e.raw_os_error(), e.to_string()),
-    }
-}
-
 /// Who writes a layer's files.
 enum Source {
     /// containerd's diff service, from the content store.
@@ -596,137 +499,10 @@ async fn apply_by_containerd(
     Ok(Label::Now)
 }
 
-/// The decoder thread (already running) feeds an applier thread writing the
-/// snapshot's directory; both checks (blob digest, diff ID) pass before this
-/// returns Ok.
-pub(super) async fn apply_native(
-    layer: &Descriptor,
-    diff_id: &str,
-    d: Decoding,
-    t: Target,
-    lower_fds: Vec<Arc<std::os::fd::OwnedFd>>,
-) -> Result<(), PullError> {
-    let Decoding {
-        rx,
-        task,
-        cancel,
-        _permit,
-        pool,
-        spool,
-    } = d;
-    let flag = cancel.0.clone();
-    let applier = tokio::task::spawn_blocking(move || {
-        layer::apply_tar(
-            &t.upper,
-            layer::DecodedReader::new(rx, pool),
-            &layer::ApplyOptions {
-                whiteouts: t.whiteouts,
-                lower_fds: &lower_fds,
-                parents: &t.lowers,
-                cancel: Some(&flag),
-            },
-        )
-    });
-    let (decoded, applied) = futures::future::join(task, applier).await;
-    let joined = |e: tokio::task::JoinError| PullError::Internal(format!("unpack thread: {e}"));
-    let (decoded, applied) = (decoded.map_err(joined)?, applied.map_err(joined)?);
-    if decoded.is_err() || applied.is_err() {
-        // A failed download fails its reader: the download's error is the cause.
-        if let Some(e) = spool.failure() {
-            return Err(e);
-        }
-    }
-    let decoded = match (decoded, applied) {
-        // The decoder's failure (digest, size, corrupt stream) explains the applier's.
-        (Err(e), _) if !matches!(e, LayerError::Canceled) => return Err(layer_error(e)),
-        (_, Err(e)) => return Err(layer_error(e)),
-        (Err(e), Ok(_)) => return Err(layer_error(e)),
-        (Ok(d), Ok(_)) => d,
-    };
-    if decoded.diff_id != diff_id {
-        return Err(layer_error(LayerError::DiffId {
-            digest: layer.digest.clone(),
-            expected: diff_id.to_string(),
-            actual: decoded.diff_id,
-        }));
-    }
-    drop(cancel);
-    Ok(())
-}
-
-/// Remove active snapshots a killed cri-imaged left behind mid-unpack: our
-/// `extract-crii-<pid>-…` keys whose process is not a live cri-imaged (the
-/// lease of that pull would otherwise keep them until it expires). Runs at
-/// start; the retried pull prepares a fresh key.
-pub async fn cleanup_interrupted(
-    cd: &crate::containerd::Containerd,
-    snapshotters: &[String],
-) -> Result<usize, ContainerdError> {
-    let mut removed = 0;
-    for sn in snapshotters {
-        let infos = match cd.list_snapshots(sn).await {
-            Ok(v) => v,
-            // A snapshotter that is not loaded has nothing of ours.
-            Err(ContainerdError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        for info in infos {
-            let Some(rest) = info.name.strip_prefix(EXTRACT_KEY_PREFIX) else {
-                continue;
-            };
-            if info.kind != containerd_client::services::v1::snapshots::Kind::Active as i32 {
-                continue;
-            }
-            if owner_is_alive(rest) {
-                continue;
-            }
-            match cd.remove_snapshot(sn, &info.name).await {
-                Ok(()) | Err(ContainerdError::NotFound(_)) => {
-                    removed += 1;
-                    tracing::info!(snapshotter = %sn, key = %info.name, "removed a snapshot left by an interrupted unpack");
-                }
-                Err(e) => {
-                    tracing::warn!(snapshotter = %sn, key = %info.name, error = %e, "cannot remove a snapshot left by an interrupted unpack")
-                }
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// Whether a leftover named `<pid>-…` is this process's or another running
-/// cri-imaged's (and must stay).
-pub(super) fn owner_is_alive(name: &str) -> bool {
-    let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-    pid.is_some_and(|p| p == std::process::id() || pid_is_cri_imaged(p))
-}
-
-/// Remove with `remove` every entry of `dir` whose owner (`owner_is_alive`)
-/// is gone; returns how many went. Runs at start.
-pub(super) fn remove_dead_leftovers(
-    dir: &std::path::Path,
-    remove: impl Fn(&std::path::Path) -> std::io::Result<()>,
-) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| !owner_is_alive(&e.file_name().to_string_lossy()))
-        .filter(|e| remove(&e.path()).is_ok())
-        .count()
-}
-
-/// Is `pid` a running cri-imaged (in our pid namespace)?
-pub(super) fn pid_is_cri_imaged(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().starts_with("cri-imaged"))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::Whiteouts;
     use containerd_client::types::Mount;
 
     /// When a download fails, the unpack reading its spool fails too; the
