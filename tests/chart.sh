@@ -229,7 +229,10 @@ REF = re.compile(r'\b(cri_imaged_[a-z0-9_]+|process_[a-z0-9_]+|up)\b(\{[^}]*\})?
 def known(metrics_rs):
     text = open(metrics_rs).read()
     names = set(re.findall(r'"(cri_imaged_[a-z0-9_]+)"', text))
-    hist = set(re.findall(r'HistogramOpts::new\(\s*"(cri_imaged_[a-z0-9_]+)"', text))
+    # Histograms: a `const NAME: Def = ("cri_imaged_...", ...)` passed to
+    # `histogram_vec(NAME, ...)`.
+    consts = dict(re.findall(r'const ([A-Z0-9_]+): Def = \(\s*"(cri_imaged_[a-z0-9_]+)"', text))
+    hist = {consts[c] for c in re.findall(r'histogram_vec\(\s*([A-Z0-9_]+)', text) if c in consts}
     assert len(names) >= 20 and hist, "no metric names found in " + metrics_rs
     return names | {h + s for h in hist for s in ("_bucket", "_sum", "_count")} | PROCESS | {"up"}
 
