@@ -143,26 +143,7 @@ KPORT="$(free_port)"
 start_kubelet() {
   if [ -n "$KPID" ]; then kill "$KPID"; wait "$KPID" 2>/dev/null || true; fi
   local ise="${1:-}"
-  cat >"$WORK/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: unix://$CSOCK
-${ise:+imageServiceEndpoint: $ise}
-cgroupDriver: cgroupfs
-failSwapOn: false
-oomScoreAdj: 0
-readOnlyPort: 0
-port: $KPORT
-healthzPort: 0
-address: 127.0.0.1
-authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: "$PKI/ca.crt"}}
-authorization: {mode: AlwaysAllow}
-evictionHard: {memory.available: "1Mi"}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-syncFrequency: 5s
-resolvConf: ""
-EOF
+  kubelet_yaml "$WORK/kubelet.yaml" "$CSOCK" "$PKI/ca.crt" "$KPORT" "$ise"
   "$(bin kubelet)" --config "$WORK/kubelet.yaml" --kubeconfig "$WORK/node.kubeconfig" \
     --root-dir "$WORK/kubelet" --cert-dir "$WORK/kubelet/pki" --hostname-override "$NODE" \
     --pod-infra-container-image registry.k8s.io/pause:3.9 --v=2 >>"$WORK/kubelet.log" 2>&1 &

@@ -135,26 +135,8 @@ current-context: e2e
 EOF
 KPORT="$(free_port)"
 kubelet_config() { # kubelet_config [IMAGE_ENDPOINT]
-  cat >"$TREE/etc/kubernetes/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
-${1:+imageServiceEndpoint: $1}
-cgroupDriver: cgroupfs
-failSwapOn: false
-oomScoreAdj: 0
-readOnlyPort: 0
-port: $KPORT
-healthzPort: 0
-address: 127.0.0.1
-authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: /etc/kubernetes/pki/ca.crt}}
-authorization: {mode: AlwaysAllow}
-evictionHard: {memory.available: "1Mi"}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-syncFrequency: 5s
-resolvConf: ""
-EOF
+  kubelet_yaml "$TREE/etc/kubernetes/kubelet.yaml" /run/containerd/containerd.sock \
+    /etc/kubernetes/pki/ca.crt "$KPORT" "${1:-}"
 }
 kubelet_config ""
 # What a node in a container needs and a real node has: /dev/kmsg (kubelet's

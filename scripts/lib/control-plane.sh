@@ -5,7 +5,7 @@
 # kube-apiserver, kube-controller-manager and kube-scheduler. Expects from the
 # caller: WORK, NODE, PIDS (the processes to stop), free_port, wait_for, step
 # and bin (the path of a kube binary), KUBECTL. Sets PKI, APORT, KUBECONFIG and
-# K (the kubectl command line).
+# K (the kubectl command line). Also `kubelet_yaml`, the node's kubelet config.
 control_plane_up() {
   # --- certificates (openssl) ----------------------------------------------------
   PKI="$WORK/pki"; mkdir -p "$PKI"
@@ -68,4 +68,30 @@ EOF
     --bind-address 127.0.0.1 --secure-port "$(free_port)" >"$WORK/kube-scheduler.log" 2>&1 &
   PIDS+=($!)
   "${K[@]}" get --raw /version | tr -d '\n '; echo
+}
+
+# kubelet_yaml FILE RUNTIME_SOCKET CA_FILE PORT [IMAGE_ENDPOINT]: the node's
+# KubeletConfiguration (cgroupfs, x509 client auth, no image GC pressure);
+# no IMAGE_ENDPOINT = containerd's own image service.
+kubelet_yaml() {
+  cat >"$1" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://$2
+${5:+imageServiceEndpoint: $5}
+cgroupDriver: cgroupfs
+failSwapOn: false
+oomScoreAdj: 0
+readOnlyPort: 0
+port: $4
+healthzPort: 0
+address: 127.0.0.1
+authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: "$3"}}
+authorization: {mode: AlwaysAllow}
+evictionHard: {memory.available: "1Mi"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+syncFrequency: 5s
+resolvConf: ""
+EOF
 }

@@ -107,20 +107,17 @@ pub async fn unpack(
                 chain_id,
                 parent: &parent,
             };
-            let wait = match apply_layer(ctx, &at, source, done).await? {
+            // Labelling is off the critical path: the next layer's Prepare
+            // need not wait for it; all are joined before the unpack ends.
+            match apply_layer(ctx, &at, source, done).await? {
                 // Labelled when its blob is committed (in the background).
-                Label::AtCommit => None,
-                Label::Now => Some(None),
+                Label::AtCommit => {}
+                Label::Now => labelling.push(label_later(ctx, layer, &diff_ids[i], None)),
                 Label::After(done) => {
                     // Waiting on a blob: let the commits go.
                     ctx.open_commit_gate();
-                    Some(Some(done))
+                    labelling.push(label_later(ctx, layer, &diff_ids[i], Some(done)));
                 }
-            };
-            if let Some(wait) = wait {
-                // Off the critical path: the next layer's Prepare need not
-                // wait for this label; all are joined before the unpack ends.
-                labelling.push(label_later(ctx, layer, &diff_ids[i], wait));
             }
         }
         parent = chain_id.clone();
