@@ -57,7 +57,7 @@ for t in crictl etcd systemd-nspawn mmdebstrap buildah docker-registry; do
   command -v $t >/dev/null || skip "$t is not on PATH"
 done
 [ -x /usr/lib/cni/loopback ] || skip "no /usr/lib/cni/loopback (containernetworking-plugins)"
-python3 -c 'import socket; s=socket.socket(); s.bind(("0.0.0.0", 9110))' 2>/dev/null ||
+python3 -c 'import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 9110))' 2>/dev/null ||
   skip "port 9110 (the chart's metrics address) is in use on this host"
 [ -x "$REPO/.tools/bin/helm" ] || bash "$REPO/scripts/install-tools.sh" >&2
 HELM="$REPO/.tools/bin/helm"; KUBECTL="$REPO/.tools/bin/kubectl"

@@ -38,7 +38,7 @@ die() { echo "host-mode-e2e.sh: FAILED: $*"; exit 1; }
 for t in systemd-nspawn mmdebstrap docker-registry skopeo crictl objcopy; do
   command -v "$t" >/dev/null || skip "$t is missing (scripts/install-deps.sh --image; crictl from cri-tools)"
 done
-python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 9110))' 2>/dev/null ||
+python3 -c 'import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 9110))' 2>/dev/null ||
   skip "127.0.0.1:9110 (the packaged config's metrics address) is in use on this host"
 
 WORK="$(mktemp -d /var/tmp/cri-imaged-host.XXXXXX)"
