@@ -43,6 +43,7 @@ fn main() {
         lower_fds: &[],
         parents: &parents,
         cancel: None,
+        limits: cri_imaged::layer::Limits::default(),
     };
     let t = Instant::now();
     let stats = apply_tar(&dir, input, &opts).expect("apply");

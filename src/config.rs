@@ -131,6 +131,8 @@ pub struct Config {
     pub snapshot_annotations: SnapshotAnnotations,
     /// Registry host configuration directory (containerd certs.d layout).
     pub registry_config_path: PathBuf,
+    /// Hard limits on what one layer and one pull may write (hostile images).
+    pub limits: crate::layer::Limits,
     /// Address of the /metrics, /healthz and /readyz HTTP server; empty = off.
     pub metrics_address: String,
     /// How often ImageFsInfo samples the snapshotter root.
@@ -177,6 +179,7 @@ impl Default for Config {
             runtime_handler_snapshotters: BTreeMap::new(),
             unpacker: Unpacker::Auto,
             spool_dir: PathBuf::new(),
+            limits: crate::layer::Limits::default(),
             discard_unpacked_layers: false,
             snapshot_annotations: SnapshotAnnotations::Auto,
             registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
@@ -292,6 +295,7 @@ impl Config {
             ));
         }
         self.socket_mode_bits()?;
+        self.limits.validate().map_err(|m| invalid("limits", m))?;
         if self.containerd_address.as_os_str().is_empty() {
             return Err(invalid("containerd_address", "must not be empty"));
         }

@@ -201,6 +201,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Daemon> {
             // Looked at per blob (a managed containerd creates it after we start).
             content_root: Some(cfg.containerd_root.join("io.containerd.content.v1.content")),
             spool_dir: cfg.effective_spool_dir(),
+            limits: cfg.limits,
         },
         cfg.max_concurrent_downloads,
         metrics.clone(),

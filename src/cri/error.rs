@@ -88,6 +88,8 @@ pub fn pull(image: &str, e: &PullError) -> Status {
         PullError::Stalled { .. } => (Code::Unavailable, e.to_string()),
         PullError::DigestMismatch(_) => (Code::DataLoss, e.to_string()),
         PullError::LayerCount(..) => (Code::FailedPrecondition, e.to_string()),
+        PullError::LayerLimit(_) => (Code::ResourceExhausted, e.to_string()),
+        PullError::BadLayer(_) => (Code::InvalidArgument, e.to_string()),
         PullError::Canceled => (Code::Cancelled, e.to_string()),
         PullError::Internal(_) => (Code::Internal, e.to_string()),
     };

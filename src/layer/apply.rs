@@ -25,7 +25,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::LayerError;
+use super::{LayerError, Limits};
 
 /// How whiteout entries (`.wh.<name>`, `.wh..wh..opq`) are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub struct ApplyOptions<'a> {
     pub parents: &'a [PathBuf],
     /// Set from another thread to stop between entries.
     pub cancel: Option<&'a AtomicBool>,
+    /// Entries, depth and header size (the bytes are the decoder's).
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,21 +106,92 @@ pub fn apply_tar(
         stats: ApplyStats::default(),
         parent: None,
     };
-    let mut archive = tar::Archive::new(input);
+    let meter = std::rc::Rc::new(Meter::default());
+    let mut archive = tar::Archive::new(Metered {
+        inner: input,
+        meter: meter.clone(),
+    });
     {
-        let entries = archive.entries().map_err(LayerError::Read)?;
-        for entry in entries {
+        let mut entries = archive.entries().map_err(LayerError::Read)?;
+        loop {
             if opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 return Err(LayerError::Canceled);
             }
-            let entry = entry.map_err(LayerError::Read)?;
-            a.entry(entry)?;
+            // The tar reader holds PAX records and GNU long names in memory:
+            // bound what it reads for one entry's headers.
+            meter.arm(opts.limits.layer_max_header_bytes);
+            let next = entries.next();
+            meter.disarm();
+            let Some(entry) = next else { break };
+            let mut entry = entry.map_err(|e| meter.error(e, &opts.limits))?;
+            a.entry(&mut entry, &opts.limits)?;
+            // What the entry did not read (a directory's or a link's data):
+            // read here, not inside the bounded header window.
+            io::copy(&mut entry, &mut io::sink()).map_err(LayerError::Read)?;
         }
     }
     // Everything after the end marker too (padding), as containerd does.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
     a.finish_dirs()?;
     Ok(a.stats)
+}
+
+/// How much the tar reader has taken, and a bound it may not pass while
+/// armed (reading one entry's headers).
+#[derive(Default)]
+struct Meter {
+    read: std::cell::Cell<u64>,
+    cap: std::cell::Cell<Option<u64>>,
+    tripped: std::cell::Cell<bool>,
+}
+
+impl Meter {
+    /// Headers up to `max` bytes, plus the padding and 512-byte blocks.
+    fn arm(&self, max: u64) {
+        self.cap.set(Some(self.read.get().saturating_add(max + 4096)));
+    }
+
+    fn disarm(&self) {
+        self.cap.set(None);
+    }
+
+    fn error(&self, e: io::Error, limits: &Limits) -> LayerError {
+        if !self.tripped.get() {
+            return LayerError::Read(e);
+        }
+        LayerError::Limit {
+            message: format!(
+                "one entry's tar headers (PAX records, GNU long names) hold more than {} bytes \
+                 (limits.layer_max_header_bytes)",
+                limits.layer_max_header_bytes
+            ),
+            setting: "limits.layer_max_header_bytes",
+            limit: limits.layer_max_header_bytes,
+            exhausted: false,
+        }
+    }
+}
+
+struct Metered<R> {
+    inner: R,
+    meter: std::rc::Rc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let m = &self.meter;
+        let room = match m.cap.get() {
+            Some(cap) if m.read.get() >= cap => {
+                m.tripped.set(true);
+                return Err(io::Error::other("tar headers over the limit"));
+            }
+            Some(cap) => (cap - m.read.get()).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        let n = self.inner.read(&mut buf[..room])?;
+        m.read.set(m.read.get() + n as u64);
+        Ok(n)
+    }
 }
 
 struct Applier {
@@ -157,6 +230,16 @@ struct Place<'a> {
     base: &'a [u8],
     rel: &'a [u8],
     raw: &'a [u8],
+}
+
+/// What an entry other than a file or directory made: checked on reopening.
+#[derive(Clone, Copy)]
+enum Made {
+    Symlink,
+    /// A hardlink to the inode (device, inode number).
+    Link(u64, u64),
+    /// A device or fifo of this type and device number.
+    Node(FileType, u64),
 }
 
 /// A symlink's or hardlink's target as the stream gives it.
@@ -307,7 +390,11 @@ impl Applier {
         })
     }
 
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        limits: &Limits,
+    ) -> Result<(), LayerError> {
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
             return Ok(());
@@ -317,6 +404,7 @@ impl Applier {
         let Some((base, parent)) = comps.split_last() else {
             return Ok(()); // the root itself
         };
+        self.within(limits, comps.len() as u64)?;
         let (base, parent) = (*base, parent.to_vec());
         let rel = join(&comps);
         self.stats.entries += 1;
@@ -328,11 +416,11 @@ impl Applier {
         }
         let parent_fd = self.ensure_parent(&parent)?;
         if let Some(orig) = base.strip_prefix(WH_PREFIX) {
-            let r = self.whiteout(&parent, parent_fd.as_fd(), base, orig, &mut entry);
+            let r = self.whiteout(&parent, parent_fd.as_fd(), base, orig, entry);
             self.parent = None;
             return r;
         }
-        let attrs = self.attrs(&mut entry)?;
+        let attrs = self.attrs(entry)?;
         let at = Place {
             dir: parent_fd.as_fd(),
             base,
@@ -341,11 +429,11 @@ impl Applier {
         };
         use tar::EntryType as T;
         match kind {
-            T::Regular | T::Continuous => self.write_file(&at, &mut entry, &attrs)?,
+            T::Regular | T::Continuous => self.write_file(&at, entry, &attrs)?,
             T::Directory => self.make_dir(&at, attrs)?,
-            T::Symlink => self.make_symlink(&at, &entry, &attrs)?,
-            T::Link => self.make_hardlink(&at, &entry, &attrs)?,
-            T::Char | T::Block | T::Fifo => self.make_node(&at, &entry, &attrs)?,
+            T::Symlink => self.make_symlink(&at, entry, &attrs)?,
+            T::Link => self.make_hardlink(&at, entry, &attrs)?,
+            T::Char | T::Block | T::Fifo => self.make_node(&at, entry, &attrs)?,
             other => {
                 return Err(self.err(
                     &raw,
@@ -353,7 +441,37 @@ impl Applier {
                 ))
             }
         }
-        self.unpacked.insert(rel);
+        // Only opaque removal reads it (a base layer): kept nowhere else.
+        if self.whiteouts == Whiteouts::Remove {
+            self.unpacked.insert(rel);
+        }
+        Ok(())
+    }
+
+    /// One more entry, `depth` components deep, within the limits.
+    fn within(&self, limits: &Limits, depth: u64) -> Result<(), LayerError> {
+        if self.stats.entries >= limits.layer_max_entries {
+            return Err(LayerError::Limit {
+                message: format!(
+                    "the layer holds more than {} entries (limits.layer_max_entries)",
+                    limits.layer_max_entries
+                ),
+                setting: "limits.layer_max_entries",
+                limit: limits.layer_max_entries,
+                exhausted: true,
+            });
+        }
+        if depth > limits.layer_max_depth {
+            return Err(LayerError::Limit {
+                message: format!(
+                    "an entry is {depth} directories deep, more than {} (limits.layer_max_depth)",
+                    limits.layer_max_depth
+                ),
+                setting: "limits.layer_max_depth",
+                limit: limits.layer_max_depth,
+                exhausted: false,
+            });
+        }
         Ok(())
     }
 
@@ -422,7 +540,7 @@ impl Applier {
         let mk = || rfs::symlinkat(os(&target), at.dir, os(at.base));
         self.create_replacing(at.dir, at.base, mk)
             .map_err(|e| self.io_err("symlink", at.rel, e))?;
-        self.finish_at(at.dir, at.base, at.rel, attrs, false)
+        self.finish_at(at, attrs, Made::Symlink)
     }
 
     fn make_hardlink<R: Read>(
@@ -443,12 +561,19 @@ impl Applier {
             OFlags::PATH | OFlags::DIRECTORY,
         )
         .map_err(|e| self.io_err("resolve hardlink target", &target, e))?;
+        // The inode the new name must end up on (checked after the link).
+        let tfd = rfs::openat(
+            &tdir,
+            os(tbase),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io_err("resolve hardlink target", &target, e))?;
+        let tst = rfs::fstat(&tfd).map_err(|e| self.io_err("stat hardlink target", &target, e))?;
         let mk = || rfs::linkat(&tdir, os(tbase), at.dir, os(at.base), AtFlags::empty());
         self.create_replacing(at.dir, at.base, mk)
             .map_err(|e| self.io_err("hardlink", at.rel, e))?;
-        let is_link = matches!(rfs::statat(at.dir, os(at.base), AtFlags::SYMLINK_NOFOLLOW),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
-        self.finish_at(at.dir, at.base, at.rel, attrs, !is_link)
+        self.finish_at(at, attrs, Made::Link(tst.st_dev, tst.st_ino))
     }
 
     fn make_node<R: Read>(
@@ -477,7 +602,7 @@ impl Applier {
         };
         self.create_replacing(at.dir, at.base, mk)
             .map_err(|e| self.io_err("mknod", at.rel, e))?;
-        self.finish_at(at.dir, at.base, at.rel, attrs, true)
+        self.finish_at(at, attrs, Made::Node(ft, rfs::makedev(major, minor)))
     }
 
     /// Create `name` in `parent` with `create`; where something is there
@@ -562,48 +687,88 @@ impl Applier {
         rfs::fchmod(fd, Mode::from_raw_mode(a.mode)).map_err(|e| self.io_err("chmod", rel, e))
     }
 
-    /// The same for a symlink, hardlink or device, through its parent
-    /// descriptor without following the name.
-    fn finish_at(
-        &self,
-        parent: BorrowedFd<'_>,
-        name: &[u8],
-        rel: &[u8],
-        a: &Attrs,
-        chmod: bool,
-    ) -> Result<(), LayerError> {
+    /// The same for a symlink, hardlink or device: through a descriptor of
+    /// the inode just made (`O_PATH`, the name not followed), checked to be
+    /// that inode, so a name swapped meanwhile redirects nothing.
+    fn finish_at(&self, at: &Place<'_>, a: &Attrs, made: Made) -> Result<(), LayerError> {
+        let fd = self.open_made(at.dir, at.base, at.rel, made)?;
+        let is_link = matches!(made, Made::Symlink)
+            || rfs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+        let empty = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
         rfs::chownat(
-            parent,
-            os(name),
+            &fd,
+            "",
             Some(rfs::Uid::from_raw(a.uid)),
             Some(rfs::Gid::from_raw(a.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
+            empty,
         )
-        .map_err(|e| self.io_err("chown", rel, e))?;
-        if !a.xattrs.is_empty() {
-            let path = proc_path(parent, name);
-            for (k, v) in &a.xattrs {
-                match rfs::lsetxattr(&path, k.as_str(), v, XattrFlags::empty()) {
-                    Ok(()) => {}
-                    Err(Errno::NOTSUP) | Err(Errno::PERM) => {
-                        tracing::warn!(xattr = %k, "ignored xattr in layer: not supported on this file type")
-                    }
-                    Err(e) => return Err(self.io_err("setxattr", rel, e)),
+        .map_err(|e| self.io_err("chown", at.rel, e))?;
+        self.set_xattrs(&fd, at, a, is_link)?;
+        if !is_link {
+            // The magic link names the inode itself (not a symlink: no
+            // further resolution); O_PATH descriptors have no fchmod.
+            rfs::chmod(proc_path(fd.as_fd(), b""), Mode::from_raw_mode(a.mode))
+                .map_err(|e| self.io_err("chmod", at.rel, e))?;
+        }
+        rfs::utimensat(&fd, "", &a.times, empty).map_err(|e| self.io_err("set times", at.rel, e))
+    }
+
+    /// Open what `name` names now, and check it is what was made there.
+    fn open_made(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        rel: &[u8],
+        made: Made,
+    ) -> Result<OwnedFd, LayerError> {
+        let fd = rfs::openat(
+            dir,
+            os(name),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io_err("open", rel, e))?;
+        let st = rfs::fstat(&fd).map_err(|e| self.io_err("stat", rel, e))?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let same = match made {
+            Made::Symlink => ft == FileType::Symlink,
+            Made::Link(dev, ino) => st.st_dev == dev && st.st_ino == ino,
+            Made::Node(want, rdev) => ft == want && (ft == FileType::Fifo || st.st_rdev == rdev),
+        };
+        if !same {
+            return Err(self.err(rel, "changed by someone else while the layer was written"));
+        }
+        Ok(fd)
+    }
+
+    /// xattrs of a symlink, hardlink or device. A symlink's go by its name
+    /// in its parent, not followed (no call sets them through an `O_PATH`
+    /// descriptor of a symlink); the others' through the magic link.
+    fn set_xattrs(
+        &self,
+        fd: &OwnedFd,
+        at: &Place<'_>,
+        a: &Attrs,
+        is_link: bool,
+    ) -> Result<(), LayerError> {
+        if a.xattrs.is_empty() {
+            return Ok(());
+        }
+        for (k, v) in &a.xattrs {
+            let r = if is_link {
+                rfs::lsetxattr(proc_path(at.dir, at.base), k.as_str(), v, XattrFlags::empty())
+            } else {
+                rfs::setxattr(proc_path(fd.as_fd(), b""), k.as_str(), v, XattrFlags::empty())
+            };
+            match r {
+                Ok(()) => {}
+                Err(Errno::NOTSUP) | Err(Errno::PERM) => {
+                    tracing::warn!(xattr = %k, "ignored xattr in layer: not supported on this file type")
                 }
+                Err(e) => return Err(self.io_err("setxattr", at.rel, e)),
             }
         }
-        if chmod {
-            // Not a symlink (checked by the caller or created just now).
-            rfs::chmodat(
-                parent,
-                os(name),
-                Mode::from_raw_mode(a.mode),
-                AtFlags::empty(),
-            )
-            .map_err(|e| self.io_err("chmod", rel, e))?;
-        }
-        rfs::utimensat(parent, os(name), &a.times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| self.io_err("set times", rel, e))
+        Ok(())
     }
 
     fn whiteout<R: Read>(
@@ -664,12 +829,14 @@ impl Applier {
                     }
                     Err(e) => return Err(self.io_err("mknod whiteout", &rel, e)),
                 }
+                let made = Made::Node(FileType::CharacterDevice, 0);
+                let fd = self.open_made(parent_fd, orig, &rel, made)?;
                 rfs::chownat(
-                    parent_fd,
-                    os(orig),
+                    &fd,
+                    "",
                     Some(rfs::Uid::from_raw(a.uid)),
                     Some(rfs::Gid::from_raw(a.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
+                    AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| self.io_err("chown whiteout", &rel, e))?;
             }
@@ -815,11 +982,11 @@ impl Applier {
     /// Directory times, once nothing more is written into them.
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
         for (rel, times) in std::mem::take(&mut self.dirs) {
-            let fd = match open_in_root(self.root.as_fd(), &rel, OFlags::RDONLY | OFlags::DIRECTORY)
-            {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+            let fd = match open_in_root(self.root.as_fd(), &rel, flags) {
                 Ok(fd) => fd,
                 // Removed or replaced later in the same layer.
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue,
                 Err(e) => return Err(self.io_err("open directory", &rel, e)),
             };
             rfs::futimens(&fd, &times).map_err(|e| self.io_err("set directory times", &rel, e))?;

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use sha2::{Digest, Sha256};
 
-use super::LayerError;
+use super::{Budget, LayerError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -80,6 +80,7 @@ pub fn decode(
     out: SyncSender<Vec<u8>>,
     cancel: &AtomicBool,
     pool: &ChunkPool,
+    budget: &Budget,
 ) -> Result<Decoded, LayerError> {
     let mut compressed = BufReader::with_capacity(
         256 << 10,
@@ -121,6 +122,7 @@ pub fn decode(
                 pool.give(chunk);
                 break;
             }
+            budget.take(diff_size, filled as u64)?;
             chunk.truncate(filled);
             diff.update(&chunk);
             diff_size += filled as u64;

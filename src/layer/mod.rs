@@ -11,6 +11,9 @@ mod decode;
 
 pub use apply::{apply_tar, ApplyOptions, ApplyStats, Whiteouts};
 pub use decode::{decode, Check, ChunkPool, Compression, Decoded, DecodedReader};
+pub use limits::{Budget, Limits};
+
+mod limits;
 
 use std::path::PathBuf;
 
@@ -40,6 +43,15 @@ pub enum LayerError {
     },
     #[error("layer apply canceled")]
     Canceled,
+    /// A hard limit (hostile or broken layer); nothing of it is kept.
+    #[error("{message}")]
+    Limit {
+        message: String,
+        setting: &'static str,
+        limit: u64,
+        /// Resource exhaustion (bytes, entries) rather than a malformed layer.
+        exhausted: bool,
+    },
 }
 
 impl LayerError {
@@ -60,6 +72,17 @@ impl LayerError {
         match self {
             LayerError::Io { source, .. } | LayerError::Read(source) => source.raw_os_error(),
             _ => None,
+        }
+    }
+
+    /// A malformed layer (bad names, too deep, too long, oversized headers):
+    /// the image is at fault, not the node.
+    pub fn is_malformed(&self) -> bool {
+        match self {
+            LayerError::Entry { .. } => true,
+            LayerError::Limit { exhausted, .. } => !exhausted,
+            LayerError::Io { source, .. } => source.raw_os_error() == Some(libc::ENAMETOOLONG),
+            _ => false,
         }
     }
 

@@ -34,6 +34,12 @@ pub enum PullError {
     DigestMismatch(String),
     #[error("image {0}: the config lists {1} layer diff IDs but the manifest has {2} layers")]
     LayerCount(String, usize, usize),
+    /// A layer past a hard limit (`limits:`): RESOURCE_EXHAUSTED.
+    #[error("{0}")]
+    LayerLimit(String),
+    /// A layer that cannot be written as it is (bad names, too deep).
+    #[error("{0}")]
+    BadLayer(String),
     #[error("pull canceled before it finished")]
     Canceled,
     #[error("internal error: {0}")]

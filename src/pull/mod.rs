@@ -61,6 +61,8 @@ pub struct PullConfig {
     pub content_root: Option<std::path::PathBuf>,
     /// Which snapshotters get the labels remote snapshotters read on Prepare.
     pub snapshot_annotations: crate::config::SnapshotAnnotations,
+    /// Hard limits on what the native unpack writes.
+    pub limits: crate::layer::Limits,
 }
 
 /// What a pull did.
@@ -203,6 +205,8 @@ impl PullCtx {
             native: (puller.cfg.native_unpack && snapshotter == "overlayfs").then(|| {
                 unpack::Native {
                     spool_dir: puller.cfg.spool_dir.clone(),
+                    limits: puller.cfg.limits,
+                    budget: crate::layer::Budget::for_pull(&puller.cfg.limits),
                 }
             }),
             discard_layers: puller.cfg.discard_unpacked_layers,

@@ -36,6 +36,8 @@ pub(super) struct Decoding {
     pool: layer::ChunkPool,
     /// The download it reads (for the download's own error).
     spool: Arc<Spool>,
+    /// The applier's limits (the decoder holds the byte budget).
+    limits: layer::Limits,
 }
 
 /// Start decoding a layer's download (as it streams in) on a blocking thread.
@@ -44,6 +46,8 @@ pub(super) fn start_decoder(
     desc: &Descriptor,
     permit: OwnedSemaphorePermit,
     pool: &layer::ChunkPool,
+    limits: &layer::Limits,
+    budget: layer::Budget,
 ) -> Decoding {
     let (tx, rx) = sync_channel(DECODE_BUFFER);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -53,7 +57,8 @@ pub(super) fn start_decoder(
     let task = tokio::task::spawn_blocking(move || {
         // The spool ends only once the download matched the digest.
         let check = layer::Check::SizeOnly;
-        layer::decode(spool.reader(), &digest, check, size, tx, &flag, &pool2)
+        let r = layer::decode(spool.reader(), &digest, check, size, tx, &flag, &pool2, &budget);
+        r.map_err(|e| named(&digest, e))
     });
     Decoding {
         rx,
@@ -62,6 +67,7 @@ pub(super) fn start_decoder(
         _permit: permit,
         pool: pool.clone(),
         spool: spool2,
+        limits: *limits,
     }
 }
 
@@ -105,11 +111,33 @@ pub(crate) fn native_target(mounts: &[containerd_client::types::Mount]) -> Optio
     (writable && t.upper.is_dir() && t.lowers.iter().all(|l| l.is_dir())).then_some(t)
 }
 
+/// A limit's error names its layer (the applier does not know it).
+fn named(digest: &str, e: LayerError) -> LayerError {
+    match e {
+        LayerError::Limit {
+            message,
+            setting,
+            limit,
+            exhausted,
+        } => LayerError::Limit {
+            message: format!("layer {digest}: {message}"),
+            setting,
+            limit,
+            exhausted,
+        },
+        e => e,
+    }
+}
+
 fn layer_error(e: LayerError) -> PullError {
     if e.is_mismatch() {
         return PullError::DigestMismatch(e.to_string());
     }
+    if e.is_malformed() {
+        return PullError::BadLayer(e.to_string());
+    }
     match e {
+        LayerError::Limit { .. } => PullError::LayerLimit(e.to_string()),
         LayerError::Canceled => PullError::Canceled,
         e => PullError::local_io(e.raw_os_error(), e.to_string()),
     }
@@ -132,8 +160,10 @@ pub(super) async fn apply_native(
         _permit,
         pool,
         spool,
+        limits,
     } = d;
     let flag = cancel.0.clone();
+    let digest = layer.digest.clone();
     let applier = tokio::task::spawn_blocking(move || {
         layer::apply_tar(
             &t.upper,
@@ -143,8 +173,10 @@ pub(super) async fn apply_native(
                 lower_fds: &lower_fds,
                 parents: &t.lowers,
                 cancel: Some(&flag),
+                limits,
             },
         )
+        .map_err(|e| named(&digest, e))
     });
     let (decoded, applied) = futures::future::join(task, applier).await;
     let joined = |e: tokio::task::JoinError| PullError::Internal(format!("unpack thread: {e}"));

@@ -52,6 +52,9 @@ fn decode_ahead() -> usize {
 #[derive(Debug, Clone)]
 pub struct Native {
     pub spool_dir: PathBuf,
+    pub limits: layer::Limits,
+    /// Decompressed bytes this pull's layers may still produce.
+    pub budget: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A fallback to containerd's applier is logged once per process.
@@ -80,8 +83,8 @@ pub async fn unpack(
         .iter()
         .map(|_| oneshot::channel::<Decoding>())
         .unzip();
-    let (starter, stager, sources) = if ctx.native.is_some() {
-        let starter = start_decoders(layers, spools, decoded_tx, &needed);
+    let (starter, stager, sources) = if let Some(native) = &ctx.native {
+        let starter = start_decoders(native, layers, spools, decoded_tx, &needed);
         let (stager, sources) = start_stager(layers, diff_ids, decoded, &needed);
         (Some(starter), Some(stager), sources)
     } else {
@@ -160,6 +163,7 @@ async fn present_up_to(ctx: &PullCtx, chain: &[String]) -> Result<Option<usize>,
 /// Start each needed layer's decoder once its download starts, in layer
 /// order, at most `decode_ahead()` at a time.
 fn start_decoders(
+    native: &Native,
     layers: &[Descriptor],
     spools: Vec<oneshot::Receiver<Arc<Spool>>>,
     decoded_tx: Vec<oneshot::Sender<Decoding>>,
@@ -168,6 +172,7 @@ fn start_decoders(
     let ahead = Arc::new(Semaphore::new(decode_ahead()));
     // The pull's decoders reuse each other's chunk buffers.
     let pool = layer::ChunkPool::default();
+    let (limits, budget) = (native.limits, native.budget.clone());
     let jobs: Vec<_> = layers
         .iter()
         .cloned()
@@ -184,7 +189,8 @@ fn start_decoders(
                 return;
             };
             if let Ok(spool) = spool.await {
-                let _ = tx.send(start_decoder(spool, &desc, permit, &pool));
+                let b = layer::Budget::new(&limits, desc.size.max(0) as u64, budget.clone());
+                let _ = tx.send(start_decoder(spool, &desc, permit, &pool, &limits, b));
             }
         }
     })
@@ -520,7 +526,10 @@ mod tests {
             urls: None,
         };
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
-        let d = start_decoder(spool.clone(), &desc, permit, &layer::ChunkPool::default());
+        let limits = layer::Limits::default();
+        let budget = layer::Budget::layer_only(u64::MAX);
+        let pool = layer::ChunkPool::default();
+        let d = start_decoder(spool.clone(), &desc, permit, &pool, &limits, budget);
         let stalled = PullError::Stalled {
             digest: desc.digest.clone(),
             after: Duration::from_secs(2),

@@ -106,6 +106,7 @@ fn apply_with(
             whiteouts: w,
             parents,
             cancel: None,
+            limits: Limits::default(),
         },
     )
 }
