@@ -148,7 +148,8 @@ struct Meter {
 impl Meter {
     /// Headers up to `max` bytes, plus the padding and 512-byte blocks.
     fn arm(&self, max: u64) {
-        self.cap.set(Some(self.read.get().saturating_add(max + 4096)));
+        self.cap
+            .set(Some(self.read.get().saturating_add(max + 4096)));
     }
 
     fn disarm(&self) {
@@ -492,6 +493,7 @@ impl Applier {
         let fd = self
             .create_replacing(at.dir, at.base, create)
             .map_err(|e| self.io_err("create file", at.rel, e))?;
+        created(at.dir, at.base);
         let want = entry.header().entry_size().map_err(LayerError::Read)?;
         let mut file = std::fs::File::from(fd);
         let mut written = 0u64;
@@ -515,6 +517,7 @@ impl Applier {
         // An existing directory is kept (its attributes are set below).
         self.mkdir_replacing(at.dir, at.base)
             .map_err(|e| self.io_err("mkdir", at.rel, e))?;
+        created(at.dir, at.base);
         let fd = rfs::openat(
             at.dir,
             os(at.base),
@@ -693,7 +696,8 @@ impl Applier {
     fn finish_at(&self, at: &Place<'_>, a: &Attrs, made: Made) -> Result<(), LayerError> {
         let fd = self.open_made(at.dir, at.base, at.rel, made)?;
         let is_link = matches!(made, Made::Symlink)
-            || rfs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+            || rfs::fstat(&fd)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
         let empty = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
         rfs::chownat(
             &fd,
@@ -721,6 +725,7 @@ impl Applier {
         rel: &[u8],
         made: Made,
     ) -> Result<OwnedFd, LayerError> {
+        created(dir, name);
         let fd = rfs::openat(
             dir,
             os(name),
@@ -756,9 +761,19 @@ impl Applier {
         }
         for (k, v) in &a.xattrs {
             let r = if is_link {
-                rfs::lsetxattr(proc_path(at.dir, at.base), k.as_str(), v, XattrFlags::empty())
+                rfs::lsetxattr(
+                    proc_path(at.dir, at.base),
+                    k.as_str(),
+                    v,
+                    XattrFlags::empty(),
+                )
             } else {
-                rfs::setxattr(proc_path(fd.as_fd(), b""), k.as_str(), v, XattrFlags::empty())
+                rfs::setxattr(
+                    proc_path(fd.as_fd(), b""),
+                    k.as_str(),
+                    v,
+                    XattrFlags::empty(),
+                )
             };
             match r {
                 Ok(()) => {}
@@ -993,6 +1008,24 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Called right after each entry's name is created (tests swap it for
+    /// a symlink there, as a concurrent process could).
+    static AFTER_CREATE: std::cell::RefCell<Option<Box<dyn Fn(BorrowedFd<'_>, &[u8])>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[inline]
+fn created(_dir: BorrowedFd<'_>, _name: &[u8]) {
+    #[cfg(test)]
+    AFTER_CREATE.with(|h| {
+        if let Some(h) = &*h.borrow() {
+            h(_dir, _name)
+        }
+    });
 }
 
 /// `/proc/self/fd/<fd>/<name>`: a path for the calls that have no `*at` form

@@ -117,9 +117,11 @@ impl Budget {
                 exhausted: true,
             });
         }
-        let left = self.pull.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-            left.checked_sub(n)
-        });
+        let left = self
+            .pull
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            });
         left.map(|_| ()).map_err(|_| LayerError::Limit {
             message: format!(
                 "the image's layers decompress to more than {} bytes in all \
@@ -161,7 +163,11 @@ mod tests {
         let b = Budget::new(&l, 10, pull);
         assert!(b.take(0, 50).is_ok());
         let e = b.take(50, 1).unwrap_err();
-        assert!(e.to_string().contains("more than 150 bytes in all (limits.pull_max_bytes)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("more than 150 bytes in all (limits.pull_max_bytes)"),
+            "{e}"
+        );
     }
 
     #[test]

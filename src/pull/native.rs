@@ -57,7 +57,16 @@ pub(super) fn start_decoder(
     let task = tokio::task::spawn_blocking(move || {
         // The spool ends only once the download matched the digest.
         let check = layer::Check::SizeOnly;
-        let r = layer::decode(spool.reader(), &digest, check, size, tx, &flag, &pool2, &budget);
+        let r = layer::decode(
+            spool.reader(),
+            &digest,
+            check,
+            size,
+            tx,
+            &flag,
+            &pool2,
+            &budget,
+        );
         r.map_err(|e| named(&digest, e))
     });
     Decoding {

@@ -562,3 +562,5 @@ fn replacing_entries_in_one_layer_create_first() {
         0o755
     );
 }
+
+mod attacks;
