@@ -448,10 +448,24 @@ mod tests {
                 "max_concurrent_downloads_per_pull: many",
                 "max_concurrent_downloads_per_pull",
             ),
+            ("limits: {layer_max_depth: 0}", "limits.layer_max_depth"),
+            ("limits: {layer_max_entrys: 5}", "layer_max_entrys"),
+            ("limits: {pull_max_bytes: -1}", "pull_max_bytes"),
         ] {
             let e = parse(yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn limits_parse_per_key() {
+        let c = parse("limits:\n  layer_max_entries: 10\n  layer_expansion_ratio: 5\n").unwrap();
+        assert_eq!(c.limits.layer_max_entries, 10);
+        assert_eq!(c.limits.layer_expansion_ratio, 5);
+        assert_eq!(
+            c.limits.layer_max_depth, 128,
+            "unset keys keep their defaults"
+        );
     }
 
     #[test]

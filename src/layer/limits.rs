@@ -145,6 +145,12 @@ mod tests {
         assert_eq!(l.layer_bytes(1), 256 << 20);
         assert_eq!(l.layer_bytes(1 << 30), 100 << 30);
         assert_eq!(l.layer_bytes(u64::MAX), u64::MAX);
+        // A 1,000× bomb passes the default limit nowhere: under 262 KiB
+        // compressed it stays under the 256 MiB floor, above it the ratio
+        // (100×) stops it at a tenth of its size.
+        for compressed in [300 << 10, 1 << 20, 1 << 30] {
+            assert!(l.layer_bytes(compressed) < 1000 * compressed);
+        }
     }
 
     #[test]
@@ -168,6 +174,51 @@ mod tests {
                 .contains("more than 150 bytes in all (limits.pull_max_bytes)"),
             "{e}"
         );
+    }
+
+    /// A gzip bomb: one member of 1 MiB of zeros (about 1 KiB), repeated.
+    fn bomb(members: usize) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let one = e.finish().unwrap();
+        one.repeat(members)
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit() {
+        // 64 members: 64 MiB from about 64 KiB, 1,000× and more. With the
+        // default ratio the limit is the floor; here a floor of 16 MiB (the
+        // default's 256 MiB works the same, 16 times slower in a debug build).
+        let blob = bomb(64);
+        let digest = crate::manifest::sha256_digest(&blob);
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let drain =
+            std::thread::spawn(move || rx.iter().map(|c: Vec<u8>| c.len() as u64).sum::<u64>());
+        let l = Limits {
+            layer_min_bytes: 16 << 20,
+            ..Limits::default()
+        };
+        let budget = Budget::new(&l, blob.len() as u64, Budget::for_pull(&l));
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let pool = crate::layer::ChunkPool::default();
+        let check = crate::layer::Check::Digest;
+        let size = blob.len() as u64;
+        let e = crate::layer::decode(&blob[..], &digest, check, size, tx, &cancel, &pool, &budget)
+            .unwrap_err();
+        let passed = drain.join().unwrap();
+        assert!(
+            matches!(
+                e,
+                LayerError::Limit {
+                    exhausted: true,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("more than 16777216 bytes"), "{e}");
+        assert!(passed <= 16 << 20, "{passed} bytes went on to the applier");
     }
 
     #[test]
