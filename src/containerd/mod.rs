@@ -490,13 +490,15 @@ impl Containerd {
         Ok(())
     }
 
-    async fn delete_lease(&self, id: &str) -> Result<()> {
+    /// Delete a lease; `sync`: containerd runs its garbage collection before
+    /// answering (what the lease held, unreferenced, is gone from the disk).
+    async fn delete_lease(&self, id: &str, sync: bool) -> Result<()> {
         let mut c = api::leases_client::LeasesClient::new(self.channel.clone());
         match c
             .delete(self.req(
                 api::DeleteRequest {
                     id: id.into(),
-                    sync: false,
+                    sync,
                 },
                 None,
             ))
@@ -763,8 +765,18 @@ impl Lease {
     /// Delete the lease now; what it held is up to containerd's GC from then on.
     pub async fn release(mut self) {
         self.released = true;
-        if let Err(e) = self.cd.delete_lease(&self.id).await {
+        if let Err(e) = self.cd.delete_lease(&self.id, false).await {
             tracing::debug!(lease = %self.id, error = %e, "lease delete failed; it expires by itself");
+        }
+    }
+
+    /// Release, and have containerd collect what nothing else holds before
+    /// this returns: the space a failed pull wrote is given back now, not
+    /// at containerd's next collection.
+    pub async fn release_and_collect(mut self) {
+        self.released = true;
+        if let Err(e) = self.cd.delete_lease(&self.id, true).await {
+            tracing::warn!(lease = %self.id, error = %e, "lease delete failed; it expires by itself");
         }
     }
 }
@@ -777,7 +789,7 @@ impl Drop for Lease {
         let (cd, id) = (self.cd.clone(), std::mem::take(&mut self.id));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = cd.delete_lease(&id).await;
+                let _ = cd.delete_lease(&id, false).await;
             });
         }
     }

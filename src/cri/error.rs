@@ -88,7 +88,9 @@ pub fn pull(image: &str, e: &PullError) -> Status {
         PullError::Stalled { .. } => (Code::Unavailable, e.to_string()),
         PullError::DigestMismatch(_) => (Code::DataLoss, e.to_string()),
         PullError::LayerCount(..) => (Code::FailedPrecondition, e.to_string()),
-        PullError::LayerLimit(_) => (Code::ResourceExhausted, e.to_string()),
+        PullError::LayerLimit(_) | PullError::NoSpace(_) => {
+            (Code::ResourceExhausted, e.to_string())
+        }
         PullError::BadLayer(_) => (Code::InvalidArgument, e.to_string()),
         PullError::Canceled => (Code::Cancelled, e.to_string()),
         PullError::Internal(_) => (Code::Internal, e.to_string()),
@@ -159,6 +161,9 @@ mod tests {
             ),
             (PullError::Canceled, Code::Cancelled),
             (ReferenceError::Empty.into(), Code::InvalidArgument),
+            (PullError::NoSpace("x".into()), Code::ResourceExhausted),
+            (PullError::LayerLimit("x".into()), Code::ResourceExhausted),
+            (PullError::BadLayer("x".into()), Code::InvalidArgument),
         ];
         for (e, code) in cases {
             let s = pull("busybox", &e);

@@ -34,6 +34,9 @@ pub enum PullError {
     DigestMismatch(String),
     #[error("image {0}: the config lists {1} layer diff IDs but the manifest has {2} layers")]
     LayerCount(String, usize, usize),
+    /// This node's disk (snapshot directory, spool) is full.
+    #[error("{0}")]
+    NoSpace(String),
     /// A layer past a hard limit (`limits:`): RESOURCE_EXHAUSTED.
     #[error("{0}")]
     LayerLimit(String),
@@ -67,10 +70,18 @@ impl PullError {
     /// rest is internal.
     pub(crate) fn local_io(errno: Option<i32>, message: String) -> PullError {
         match errno {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                PullError::Containerd(Arc::new(ContainerdError::NoSpace(message)))
-            }
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => PullError::NoSpace(message),
             _ => PullError::Internal(message),
+        }
+    }
+
+    /// A failure a retry gains nothing from resuming (the layer is past a
+    /// limit or malformed; the disk is full): what the pull wrote goes.
+    pub fn nothing_to_resume(&self) -> bool {
+        match self {
+            PullError::LayerLimit(_) | PullError::BadLayer(_) | PullError::NoSpace(_) => true,
+            PullError::Containerd(e) => matches!(**e, ContainerdError::NoSpace(_)),
+            _ => false,
         }
     }
 
@@ -88,6 +99,7 @@ impl PullError {
             },
             PullError::Platform(_) => FailureReason::PlatformMismatch,
             PullError::Stalled { .. } => FailureReason::Stalled,
+            PullError::NoSpace(_) => FailureReason::NoSpace,
             PullError::Canceled => FailureReason::Canceled,
             PullError::DigestMismatch(_) => FailureReason::DigestMismatch,
             PullError::Containerd(e) => match **e {

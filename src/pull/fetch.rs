@@ -457,7 +457,7 @@ pub async fn fetch_blob_spooled(
                 .lease_add(&ctx.lease, LeaseResource::Content(&desc.digest))
                 .await?;
             if ctx.cd.content_info(&desc.digest).await?.is_some() {
-                return Ok(Fetched::Reused);
+                return Ok(reused(ctx, desc, spooled));
             }
         }
         // One another namespace holds goes the way of a large blob: the
@@ -467,7 +467,7 @@ pub async fn fetch_blob_spooled(
         }
     }
     let w = match open(ctx, desc).await? {
-        Opened::Exists => return Ok(Fetched::Reused),
+        Opened::Exists => return Ok(reused(ctx, desc, spooled)),
         Opened::Open(w) => w,
     };
     if w.offset > 0 && w.offset <= size {
@@ -499,6 +499,21 @@ pub async fn fetch_blob_spooled(
         None => (new_spool(spool_dir)?, Some(w)),
     };
     spool_and_store(ctx, desc, labels, spool, writer, r#ref, spooled).await
+}
+
+/// A blob this pull did not download: where containerd's file is visible,
+/// the native unpack reads it from there (else containerd's applier does).
+fn reused(ctx: &PullCtx, desc: &Descriptor, spooled: oneshot::Sender<Arc<Spool>>) -> Fetched {
+    let path = ctx
+        .content_root
+        .as_deref()
+        .and_then(|root| super::place::blob_path(root, &desc.digest));
+    if let Some(spool) = path.and_then(|p| Spool::stored_blob(&p).ok()) {
+        if spool.reader_len() == desc.size.max(0) as u64 {
+            let _ = spooled.send(spool);
+        }
+    }
+    Fetched::Reused
 }
 
 /// Blobs smaller than this open no write in containerd's content store while

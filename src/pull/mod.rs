@@ -139,6 +139,9 @@ pub(crate) struct PullCtx {
     /// Content-store writes still running after their download: the pull's
     /// lease is released once they end.
     pub background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Removals of snapshots a failed unpack left (awaited before the
+    /// failed pull's space is collected).
+    pub removals: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Opened when the pull no longer needs the disk to itself (it ended, or
     /// its unpack waits for a blob in the content store): background blob
     /// commits (containerd hashing and fsyncing them) wait for it, so they do
@@ -212,6 +215,7 @@ impl PullCtx {
             discard_layers: puller.cfg.discard_unpacked_layers,
             content_root: puller.cfg.content_root.clone(),
             background: Default::default(),
+            removals: Default::default(),
             commit_gate: tokio::sync::watch::channel(false).0,
             other_namespaces: Default::default(),
             remote: puller
@@ -478,14 +482,31 @@ impl Puller {
                 async move { records::write_documents(&ctx, &image, &top_chain).await },
             )
         };
-        let layers = fetch::fetch_and_unpack(
+        let fetched = fetch::fetch_and_unpack(
             self,
             &ctx,
             &image.manifest.layers,
             image.config.diff_ids(),
             &chain,
         )
-        .await?;
+        .await;
+        let layers = match fetched {
+            Ok(l) => l,
+            Err(e) if e.nothing_to_resume() => {
+                // A retry cannot resume this one: give the space back now
+                // (containerd collects while the caller hears the error).
+                drop(documents);
+                let removals = std::mem::take(&mut *ctx.removals.lock());
+                tokio::spawn(async move {
+                    for r in removals {
+                        let _ = r.await;
+                    }
+                    lease.release_and_collect().await
+                });
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         report.layers(&layers);
         self.metrics.phase("fetch", report.fetch.as_secs_f64());
         self.metrics.phase("unpack", report.unpack.as_secs_f64());

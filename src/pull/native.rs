@@ -199,6 +199,14 @@ pub(super) async fn apply_native(
     let decoded = match (decoded, applied) {
         // The decoder's failure (digest, size, corrupt stream) explains the applier's.
         (Err(e), _) if !matches!(e, LayerError::Canceled) => return Err(layer_error(e)),
+        // The decoder delivered the whole stream (or stopped because the
+        // applier did): a tar the applier cannot read is a malformed layer.
+        (_, Err(LayerError::Read(e))) if e.raw_os_error().is_none() => {
+            return Err(PullError::BadLayer(format!(
+                "layer {}: not a readable tar stream: {e}",
+                layer.digest
+            )))
+        }
         (_, Err(e)) => return Err(layer_error(e)),
         (Err(e), Ok(_)) => return Err(layer_error(e)),
         (Ok(d), Ok(_)) => d,

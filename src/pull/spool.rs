@@ -106,6 +106,18 @@ impl Spool {
         Ok(Arc::new(s))
     }
 
+    /// A blob already in containerd's content store, as a complete spool
+    /// (read only): the native unpack reads it as it reads a download, so
+    /// a layer whose blob is here is written with the same limits.
+    pub fn stored_blob(path: &Path) -> io::Result<Arc<Spool>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let s = Spool::bare(file);
+        *s.inner.lock() = (len, State::Complete);
+        s.stored.send_replace(Some(true));
+        Ok(Arc::new(s))
+    }
+
     /// The data file and its name, when it has one.
     pub fn named_file(&self) -> Option<(&File, &Path)> {
         let path = match (&self.named, &self.ingest) {
@@ -206,6 +218,11 @@ impl Spool {
                 State::Open => notified.await,
             }
         }
+    }
+
+    /// The bytes there so far.
+    pub fn reader_len(&self) -> u64 {
+        self.inner.lock().0
     }
 
     /// The download was abandoned (the pull failed or was canceled).

@@ -275,9 +275,10 @@ impl Drop for Active<'_> {
                 self.key.clone(),
             );
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
+                let removal = rt.spawn(async move {
                     let _ = cd.remove_snapshot(&sn, &key).await;
                 });
+                self.ctx.removals.lock().push(removal);
             }
         }
     }

@@ -388,6 +388,8 @@ pub struct ImageBuilder {
     annotations: Vec<(String, String)>,
     extra_config: Vec<(String, Value)>,
     layers: Vec<(Layer, Compression)>,
+    /// Blobs given as they are (index into `layers`, bytes).
+    raw_blobs: Vec<(usize, Vec<u8>)>,
     media: MediaFamily,
 }
 
@@ -413,6 +415,7 @@ impl ImageBuilder {
             annotations: vec![],
             extra_config: vec![],
             layers: vec![],
+            raw_blobs: vec![],
             media: MediaFamily::Oci,
         }
     }
@@ -457,6 +460,17 @@ impl ImageBuilder {
         self
     }
     pub fn layer(mut self, l: Layer, c: Compression) -> Self {
+        self.layers.push((l, c));
+        self
+    }
+    /// A layer blob pushed as given (a hostile one: a decompression bomb),
+    /// with the diff ID the config claims for it.
+    pub fn layer_blob(mut self, diff_id: &str, blob: Vec<u8>, c: Compression) -> Self {
+        self.raw_blobs.push((self.layers.len(), blob));
+        let l = Layer {
+            tar: Vec::new(),
+            diff_id: diff_id.to_string(),
+        };
         self.layers.push((l, c));
         self
     }
@@ -513,8 +527,12 @@ impl ImageBuilder {
         let blobs: Vec<(String, Vec<u8>, String)> = self
             .layers
             .iter()
-            .map(|(l, c)| {
-                let b = l.compress(*c);
+            .enumerate()
+            .map(|(i, (l, c))| {
+                let raw = self.raw_blobs.iter().find(|(k, _)| *k == i);
+                let b = raw
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_else(|| l.compress(*c));
                 (
                     sha256_digest(&b),
                     b,
