@@ -172,9 +172,24 @@ async fn blobs_longer_or_shorter_than_their_descriptors_are_data_loss() {
         replace(serde_json::to_vec(&m).unwrap(), &img.manifest_media_type),
         usize::MAX,
     ));
+    // Every response cut short, the range resumes too: a bounded number of resumes.
+    env.push("hostile/cut", Some("v1"), &img).await;
+    p.add(Rule::new(
+        &format!("/hostile/cut/blobs/{l1}"),
+        Fault::Cut(1000),
+        usize::MAX,
+    ));
     let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
     let bound = Duration::from_secs(30);
+
+    let r = format!("{}/hostile/cut:v1", p.addr);
+    let msg = pull_fails(&d, &r, None, Code::Unavailable, bound).await;
+    assert!(msg.contains("body ended at"), "{msg}");
+    let cut = p.blob_requests(&l1).len();
+    println!("hostile cut: {cut} requests for the cut blob");
+    assert!(cut <= 2 * 6, "{cut} requests for a blob cut short");
+    assert_no_record(&d, &env.containerd, &r).await;
 
     let r = format!("{}/hostile/long:v1", p.addr);
     let msg = pull_fails(&d, &r, None, Code::DataLoss, bound).await;
