@@ -243,45 +243,54 @@ fn index_of(n: usize) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn huge_and_crowded_documents_are_refused_in_bounded_memory() {
-    let env = TestEnv::start();
-    let p = proxy(&env, env.registry_addr());
-    let img = random_image(42, 1, 16 << 10);
+/// The four documents the crowded test serves: (tag, body, media type,
+/// streamed without Content-Length). The config matches 20,000 layers, so
+/// nothing but the count is wrong with the compact manifest; it is pushed.
+async fn crowded_documents(
+    env: &TestEnv,
+    img: &BuiltImage,
+) -> Vec<(&'static str, Vec<u8>, String, bool)> {
     let (layer_digest, layer_bytes, layer_type) = img.blobs[0].clone();
     let layer = serde_json::json!({
         "mediaType": layer_type, "digest": layer_digest, "size": layer_bytes.len(),
     });
-    // A config whose diff IDs match 20,000 layers, so nothing but the count is wrong.
     let mut config = img.config_json();
     config["rootfs"]["diff_ids"] = serde_json::json!(vec![&img.diff_ids[0]; 20_000]);
     let config_bytes = serde_json::to_vec(&config).unwrap();
     let config_digest = sha256_digest(&config_bytes);
-    env.push("hostile/crowded", Some("v1"), &img).await;
     env.pusher()
         .push_blob("hostile/crowded", &config_digest, &config_bytes)
         .await
         .unwrap();
-    let config_desc = serde_json::json!({
+    let config = serde_json::json!({
         "mediaType": oci("config"), "digest": config_digest, "size": config_bytes.len(),
     });
-    let cases: Vec<(&str, Vec<u8>, String, bool)> = vec![
+    vec![
         (
             "m100k",
-            manifest_of(100_000, &config_desc, &layer),
+            manifest_of(100_000, &config, &layer),
             oci("manifest"),
             false,
         ),
         (
             "m20k",
-            manifest_of(20_000, &config_desc, &layer),
+            manifest_of(20_000, &config, &layer),
             oci("manifest"),
             false,
         ),
         // Streamed without Content-Length: refused as it passes 4 MiB.
         ("i100k", index_of(100_000), oci("index"), true),
         ("i20k", index_of(20_000), oci("index"), false),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_and_crowded_documents_are_refused_in_bounded_memory() {
+    let env = TestEnv::start();
+    let p = proxy(&env, env.registry_addr());
+    let img = random_image(42, 1, 16 << 10);
+    env.push("hostile/crowded", Some("v1"), &img).await;
+    let cases = crowded_documents(&env, &img).await;
     for (tag, body, ct, streamed) in &cases {
         println!("hostile {tag}: {} bytes", body.len());
         let fault = if *streamed {
@@ -477,7 +486,7 @@ async fn endless_trickles_end_within_their_bounds() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redirects_to_other_hosts_carry_no_credentials() {
+async fn a_redirect_to_another_host_carries_no_credentials() {
     let env = TestEnv::start_with(ContainerdOpts::default(), Some((USER, PASS)));
     let img = random_image(45, 2, 32 << 10);
     env.push("hostile/redir", Some("v1"), &img).await;
@@ -495,28 +504,8 @@ async fn redirects_to_other_hosts_carry_no_credentials() {
         Fault::RedirectTo(format!("http://{}", cdn.addr)),
         usize::MAX,
     ));
-    // Two hosts redirecting to each other.
-    let (ping, pong) = (
-        proxy(&env, env.registry_addr()),
-        FaultProxy::start(env.registry_addr()),
-    );
-    ping.add(Rule::new(
-        "/hostile/redir/",
-        Fault::RedirectTo(format!("http://{}", pong.addr)),
-        usize::MAX,
-    ));
-    pong.add(Rule::new(
-        "/hostile/redir/",
-        Fault::RedirectTo(format!("http://{}", ping.addr)),
-        usize::MAX,
-    ));
     let d = cri_imaged!().start(&env.containerd);
     d.wait_synced().await;
-    let auth = || cri::AuthConfig {
-        username: USER.into(),
-        password: PASS.into(),
-        ..Default::default()
-    };
 
     let mut c = d.client().await;
     let r = format!("{}/hostile/redir:v1", home.addr);
@@ -546,8 +535,44 @@ async fn redirects_to_other_hosts_carry_no_credentials() {
         "hostile redirect: {} blob requests redirected, none with credentials",
         blob_reqs(&cdn).len()
     );
+    assert_rss_bounded(&d, "redirect to a CDN");
+}
 
-    let r = format!("{}/hostile/redir:v1", ping.addr);
+fn auth() -> cri::AuthConfig {
+    cri::AuthConfig {
+        username: USER.into(),
+        password: PASS.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_ping_pong_between_hosts_ends() {
+    let env = TestEnv::start_with(ContainerdOpts::default(), Some((USER, PASS)));
+    env.push(
+        "hostile/pingpong",
+        Some("v1"),
+        &random_image(47, 1, 4 << 10),
+    )
+    .await;
+    // The manifest comes with credentials, then two hosts bounce the blobs.
+    let (ping, pong) = (
+        proxy(&env, env.registry_addr()),
+        FaultProxy::start(env.registry_addr()),
+    );
+    ping.add(Rule::new(
+        "/hostile/pingpong/blobs/",
+        Fault::RedirectTo(format!("http://{}", pong.addr)),
+        usize::MAX,
+    ));
+    pong.add(Rule::new(
+        "/hostile/pingpong/blobs/",
+        Fault::RedirectTo(format!("http://{}", ping.addr)),
+        usize::MAX,
+    ));
+    let d = cri_imaged!().start(&env.containerd);
+    d.wait_synced().await;
+    let r = format!("{}/hostile/pingpong:v1", ping.addr);
     let msg = pull_fails(
         &d,
         &r,
@@ -562,6 +587,19 @@ async fn redirects_to_other_hosts_carry_no_credentials() {
         "credentials followed a redirect: {:?}",
         pong.log()
     );
+    // Back on the first host after a detour, still without credentials.
+    let blobs: Vec<LogEntry> = ping
+        .log()
+        .into_iter()
+        .filter(|e| e.path.contains("/blobs/"))
+        .collect();
+    let with = blobs.iter().filter(|e| e.authorization.is_some()).count();
+    println!(
+        "hostile ping-pong: {} blob requests on the first host, {with} with credentials; {} on the second, none",
+        blobs.len(),
+        pong.log().len()
+    );
+    assert!(with > 0 && with * 2 < blobs.len(), "{blobs:?}");
     assert_no_record(&d, &env.containerd, &r).await;
-    assert_rss_bounded(&d, "redirects");
+    assert_rss_bounded(&d, "redirect ping-pong");
 }
