@@ -17,6 +17,16 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 /// Manifests, indexes and configs larger than this are refused.
 pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
 
+/// Manifests with more layers than this are refused: 4 MiB holds ~30,000
+/// layer descriptors, each a snapshot to unpack, while overlayfs stacks at
+/// most 500 and real images stay under 128.
+pub const MAX_LAYERS: usize = 1000;
+
+/// Indexes with more entries than this are refused: an entry without a
+/// platform costs a manifest and a config request, and 4 MiB holds ~30,000
+/// entries; real indexes list a few dozen.
+pub const MAX_INDEX_ENTRIES: usize = 1000;
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ManifestError {
     #[error("{0} is a Docker schema 1 manifest, which is not supported: push the image again with a current docker, buildah or skopeo")]
@@ -26,6 +36,14 @@ pub enum ManifestError {
         what: &'static str,
         digest: String,
         size: u64,
+    },
+    #[error("{what} {digest} lists {count} {items}, more than the {limit} allowed")]
+    TooMany {
+        what: &'static str,
+        digest: String,
+        items: &'static str,
+        count: usize,
+        limit: usize,
     },
     #[error("unsupported media type {media_type:?} for {digest}")]
     Unsupported { media_type: String, digest: String },
@@ -282,6 +300,25 @@ fn check_size(what: &'static str, digest: &str, len: usize) -> Result<(), Manife
     Ok(())
 }
 
+/// `count` `items` of a `what` within `limit`, else [`ManifestError::TooMany`].
+fn check_count(
+    (what, items): (&'static str, &'static str),
+    digest: &str,
+    count: usize,
+    limit: usize,
+) -> Result<(), ManifestError> {
+    if count > limit {
+        return Err(ManifestError::TooMany {
+            what,
+            digest: digest.into(),
+            items,
+            count,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Parse an index or manifest of the given media type.
 pub fn parse(media_type: &str, digest: &str, bytes: &[u8]) -> Result<Document, ManifestError> {
     check_size("manifest", digest, bytes.len())?;
@@ -294,12 +331,14 @@ pub fn parse(media_type: &str, digest: &str, bytes: &[u8]) -> Result<Document, M
         return Err(ManifestError::Schema1(digest.into()));
     }
     if is_index(media_type) {
-        return Ok(Document::Index(
-            serde_json::from_slice(bytes).map_err(invalid)?,
-        ));
+        let i: Index = serde_json::from_slice(bytes).map_err(invalid)?;
+        let n = i.manifests.len();
+        check_count(("index", "entries"), digest, n, MAX_INDEX_ENTRIES)?;
+        return Ok(Document::Index(i));
     }
     if is_manifest(media_type) {
         let m: Manifest = serde_json::from_slice(bytes).map_err(invalid)?;
+        check_count(("manifest", "layers"), digest, m.layers.len(), MAX_LAYERS)?;
         return Ok(Document::Manifest(m));
     }
     Err(ManifestError::Unsupported {
@@ -420,6 +459,33 @@ mod tests {
             parse_config("sha256:x", &big),
             Err(ManifestError::TooLarge { .. })
         ));
+    }
+
+    /// A manifest of `n` layers (or an index of `n` entries) in compact JSON.
+    fn many(kind: &str, n: usize) -> Vec<u8> {
+        let d = r#"{"mediaType":"x","digest":"sha256:00","size":1}"#;
+        let list = vec![d; n].join(",");
+        match kind {
+            "index" => format!(r#"{{"schemaVersion":2,"manifests":[{list}]}}"#),
+            _ => format!(r#"{{"schemaVersion":2,"config":{d},"layers":[{list}]}}"#),
+        }
+        .into_bytes()
+    }
+
+    #[test]
+    fn layer_and_entry_counts_are_limited() {
+        assert!(parse(OCI_MANIFEST, "d", &many("manifest", MAX_LAYERS)).is_ok());
+        assert!(parse(OCI_INDEX, "d", &many("index", MAX_INDEX_ENTRIES)).is_ok());
+        let e = parse(OCI_MANIFEST, "d", &many("manifest", MAX_LAYERS + 1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest d lists 1001 layers, more than the 1000 allowed"
+        );
+        let e = parse(DOCKER_LIST, "d", &many("index", 30_000)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "index d lists 30000 entries, more than the 1000 allowed"
+        );
     }
 
     #[test]

@@ -157,8 +157,16 @@ pub(crate) struct Challenge {
     pub params: HashMap<String, String>,
 }
 
+/// Challenges kept from one `WWW-Authenticate` header; the rest are ignored.
+pub(crate) const MAX_CHALLENGES: usize = 16;
+/// Parameters kept per challenge (realm, service, scope, error… are a
+/// handful); the rest are ignored, so a cached challenge stays small.
+pub(crate) const MAX_CHALLENGE_PARAMS: usize = 32;
+
 /// Parse a `WWW-Authenticate` header value (RFC 7235): one or more
-/// challenges, parameters may be quoted strings containing commas.
+/// challenges, parameters may be quoted strings containing commas. At most
+/// [`MAX_CHALLENGES`] challenges of [`MAX_CHALLENGE_PARAMS`] parameters each
+/// (the first ones) are kept.
 pub(crate) fn parse_www_authenticate(header: &str) -> Vec<Challenge> {
     let b = header.as_bytes();
     let mut i = 0;
@@ -208,13 +216,19 @@ pub(crate) fn parse_www_authenticate(header: &str) -> Vec<Challenge> {
                 header[vs..j].to_string()
             };
             i = j;
-            if let Some(c) = out.last_mut() {
+            if let Some(c) = out
+                .last_mut()
+                .filter(|c| c.params.len() < MAX_CHALLENGE_PARAMS)
+            {
                 c.params.insert(tok.to_ascii_lowercase(), value);
             }
         } else if tok.is_empty() {
             i += 1; // stray '='
         } else {
             // new challenge scheme; a token68 (e.g. "abc==") after it is skipped
+            if out.len() == MAX_CHALLENGES {
+                break;
+            }
             out.push(Challenge {
                 scheme: tok.to_ascii_lowercase(),
                 params: HashMap::new(),
@@ -277,6 +291,28 @@ mod tests {
         let c = parse_www_authenticate("Basic");
         assert_eq!(c.len(), 1);
         assert!(c[0].params.is_empty());
+    }
+
+    #[test]
+    fn www_authenticate_keeps_few_challenges_and_params() {
+        let params: Vec<String> = (0..10_000).map(|i| format!("p{i}=\"{i}\"")).collect();
+        let h = format!("Bearer realm=\"r\",service=s,{}", params.join(","));
+        let t = std::time::Instant::now();
+        let c = parse_www_authenticate(&h);
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].params.len(), MAX_CHALLENGE_PARAMS);
+        assert_eq!(
+            (
+                c[0].params["realm"].as_str(),
+                c[0].params["service"].as_str()
+            ),
+            ("r", "s")
+        );
+        let h = vec!["Basic realm=x"; 10_000].join(", ");
+        let c = parse_www_authenticate(&h);
+        assert_eq!(c.len(), MAX_CHALLENGES);
+        assert!(c.iter().all(|c| c.params["realm"] == "x"));
     }
 
     #[test]

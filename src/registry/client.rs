@@ -23,6 +23,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// A token server's answer is small; anything larger is refused.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
+/// A manifest, index or token must arrive whole within this time once its
+/// response head is in: no trickle of bytes makes a document endless (4 MiB
+/// in 30 s is 140 KiB/s; real documents are a few KiB).
+pub(crate) const DOCUMENT_DEADLINE: Duration = Duration::from_secs(30);
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
 pub(crate) const MAX_REDIRECTS: usize = 10;
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
@@ -485,7 +489,10 @@ impl Transport {
                 }
             }
         };
-        let realm_host = req.url.host_str().unwrap_or("").to_string();
+        let realm_host = match (req.url.host_str().unwrap_or(""), req.url.port()) {
+            (h, Some(p)) => format!("{h}:{p}"),
+            (h, None) => h.to_string(),
+        };
         tracing::debug!(host = %t.ep_host, realm = %realm_host, scope = %scope, "requesting registry token");
         let resp = self
             .send_retry(client, &req, "token request")
@@ -508,9 +515,9 @@ impl Transport {
                 "token server {realm_host} returned {st}"
             )));
         }
-        let body = read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
+        let body = read_limited(resp, MAX_TOKEN_RESPONSE_BYTES, DOCUMENT_DEADLINE)
             .await
-            .map_err(|e| RegistryError::Protocol(format!("token server {realm_host}: {e}")))?;
+            .map_err(|e| token_body_error(&realm_host, e))?;
         let tr: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             RegistryError::Protocol(format!(
                 "token server {realm_host}: invalid JSON response: {e}"
@@ -677,28 +684,64 @@ impl Transport {
     }
 }
 
-/// Read a whole response body, refusing more than `limit` bytes.
+/// A token response that could not be read, for the node operator.
+fn token_body_error(realm_host: &str, e: BodyError) -> RegistryError {
+    match e {
+        BodyError::TooLarge(len) => RegistryError::TooLarge(format!(
+            "token server {realm_host} sent a token response{} larger than the {} KiB allowed (tokens are a few KiB): the registry's token service is misbehaving",
+            len.map_or(String::new(), |l| format!(" of {l} bytes")),
+            MAX_TOKEN_RESPONSE_BYTES >> 10
+        )),
+        BodyError::TooSlow(got) => RegistryError::Unavailable(format!(
+            "token server {realm_host}: the token response did not arrive whole within {} ({got} bytes received)",
+            humantime::format_duration(DOCUMENT_DEADLINE)
+        )),
+        BodyError::Read(m) => RegistryError::Protocol(format!("token server {realm_host}: {m}")),
+    }
+}
+
+/// Why [`read_limited`] gave up on a body.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Longer than the limit; its length when the response declared one.
+    TooLarge(Option<u64>),
+    /// Not whole within the deadline; the bytes received by then.
+    TooSlow(usize),
+    /// The connection failed.
+    Read(String),
+}
+
+/// Read a whole response body (a manifest, an index, a token), refusing
+/// more than `limit` bytes or a body still arriving after `deadline`.
 pub(crate) async fn read_limited(
     mut resp: reqwest::Response,
     limit: usize,
-) -> Result<bytes::Bytes, String> {
-    if let Some(len) = resp.content_length() {
-        if len > limit as u64 {
-            return Err(format!(
-                "response of {len} bytes exceeds the {limit} byte limit"
-            ));
-        }
+    deadline: Duration,
+) -> Result<bytes::Bytes, BodyError> {
+    if let Some(len) = resp.content_length().filter(|l| *l > limit as u64) {
+        return Err(BodyError::TooLarge(Some(len)));
     }
     let mut buf = bytes::BytesMut::new();
+    match tokio::time::timeout(deadline, read_into(&mut resp, &mut buf, limit)).await {
+        Ok(r) => r.map(|()| buf.freeze()),
+        Err(_) => Err(BodyError::TooSlow(buf.len())),
+    }
+}
+
+async fn read_into(
+    resp: &mut reqwest::Response,
+    buf: &mut bytes::BytesMut,
+    limit: usize,
+) -> Result<(), BodyError> {
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("reading response: {}", error_chain(&e)))?
+        .map_err(|e| BodyError::Read(format!("reading response: {}", error_chain(&e))))?
     {
         if buf.len() + chunk.len() > limit {
-            return Err(format!("response exceeds the {limit} byte limit"));
+            return Err(BodyError::TooLarge(None));
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+    Ok(())
 }

@@ -23,7 +23,7 @@ use crate::manifest::{self, MAX_DOCUMENT_BYTES};
 pub use auth::PullAuth;
 pub use hosts::HostEndpoint;
 
-use client::{error_chain, Target, Transport};
+use client::{error_chain, read_limited, BodyError, Target, Transport, DOCUMENT_DEADLINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -363,18 +363,6 @@ impl Registries {
                 )))
             }
         }
-        let too_large = || {
-            RegistryError::TooLarge(format!(
-                "manifest {domain}/{repo}:{reference} from {} exceeds the {MAX_DOCUMENT_BYTES} byte limit",
-                t.ep_host
-            ))
-        };
-        if resp
-            .content_length()
-            .is_some_and(|l| l > MAX_DOCUMENT_BYTES)
-        {
-            return HostOutcome::Failed(too_large());
-        }
         let content_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -387,27 +375,10 @@ impl Registries {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
-        let mut resp = resp;
-        let mut buf = bytes::BytesMut::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(c)) => {
-                    if (buf.len() + c.len()) as u64 > MAX_DOCUMENT_BYTES {
-                        return HostOutcome::Failed(too_large());
-                    }
-                    buf.extend_from_slice(&c);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return HostOutcome::Failed(RegistryError::Unavailable(format!(
-                        "{}: reading manifest: {}",
-                        t.ep_host,
-                        error_chain(&e)
-                    )))
-                }
-            }
-        }
-        let bytes = buf.freeze();
+        let bytes = match read_limited(resp, MAX_DOCUMENT_BYTES as usize, DOCUMENT_DEADLINE).await {
+            Ok(b) => b,
+            Err(e) => return HostOutcome::Failed(manifest_body_error(t, reference, e)),
+        };
 
         // Digest verification.
         let digest = if by_digest {
@@ -581,6 +552,13 @@ impl Registries {
                 }
             }
             StatusCode::NOT_FOUND => return HostOutcome::NotFound,
+            // Asked for the rest of a blob the manifest says is longer.
+            StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 => {
+                return HostOutcome::Failed(RegistryError::DigestMismatch(format!(
+                    "blob {domain}/{repo}@{digest} from {} ends before byte {offset}: it is shorter than the manifest declares",
+                    t.ep_host
+                )))
+            }
             StatusCode::FORBIDDEN => {
                 return HostOutcome::Failed(RegistryError::Forbidden(format!(
                     "pulling {domain}/{repo}: 403 Forbidden from {} for blob {digest}",
@@ -612,6 +590,21 @@ impl Registries {
             total,
             stream: Box::pin(stream),
         })
+    }
+}
+
+/// A manifest body that could not be read, for the node operator.
+fn manifest_body_error(t: &Target<'_>, reference: &str, e: BodyError) -> RegistryError {
+    let (domain, repo, host) = (t.domain, t.repo, &t.ep_host);
+    match e {
+        BodyError::TooLarge(_) => RegistryError::TooLarge(format!(
+            "manifest {domain}/{repo}:{reference} from {host} exceeds the {MAX_DOCUMENT_BYTES} byte limit"
+        )),
+        BodyError::TooSlow(got) => RegistryError::Unavailable(format!(
+            "{host}: manifest {domain}/{repo}:{reference} did not arrive whole within {} ({got} bytes received): the registry is too slow or sends an endless body",
+            humantime::format_duration(DOCUMENT_DEADLINE)
+        )),
+        BodyError::Read(m) => RegistryError::Unavailable(format!("{host}: reading manifest: {m}")),
     }
 }
 

@@ -46,6 +46,30 @@ pub enum Fault {
         body: Arc<Vec<u8>>,
         content_type: String,
     },
+    /// Answer with this status, these headers and this body, without asking
+    /// upstream (e.g. a 401 with a huge `WWW-Authenticate`, a 10 MB token).
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Arc<Vec<u8>>,
+    },
+    /// The upstream body plus this many extra bytes (Content-Length counts
+    /// them): a blob longer than its descriptor says.
+    Extend(usize),
+    /// Only the first this-many body bytes, with a matching Content-Length:
+    /// a complete-looking response shorter than the descriptor says.
+    Cut(usize),
+    /// 200 without Content-Length (the body ends when the connection does):
+    /// `prefix`, then spaces forever, all at about `rate` bytes per second —
+    /// an endless trickle.
+    Endless {
+        rate: usize,
+        prefix: Arc<Vec<u8>>,
+        content_type: String,
+    },
+    /// Answer `307` with `Location: <base><request path>`, e.g.
+    /// `http://127.0.0.1:PORT` — a redirect to another host.
+    RedirectTo(String),
 }
 
 /// A fault applied to requests whose method matches (empty = any) and whose
@@ -263,6 +287,7 @@ fn reason(code: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         307 => "Temporary Redirect",
+        400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         429 => "Too Many Requests",
@@ -336,6 +361,39 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                 entry.status = 307;
                 sh.log.lock().unwrap().push(entry);
                 continue;
+            }
+            Some(Fault::Respond {
+                status,
+                headers,
+                body,
+            }) => {
+                sock.write_all(&head_bytes(*status, headers, body.len()))
+                    .await?;
+                if req.method != "HEAD" {
+                    sock.write_all(body).await?;
+                    entry.body_bytes = body.len();
+                }
+                entry.status = *status;
+                sh.log.lock().unwrap().push(entry);
+                continue;
+            }
+            Some(Fault::RedirectTo(base)) => {
+                let h = vec![("Location".to_string(), format!("{base}{}", req.path))];
+                sock.write_all(&head_bytes(307, &h, 0)).await?;
+                entry.status = 307;
+                sh.log.lock().unwrap().push(entry);
+                continue;
+            }
+            Some(Fault::Endless {
+                rate,
+                prefix,
+                content_type,
+            }) => {
+                sh.log.lock().unwrap().push(LogEntry {
+                    status: 200,
+                    ..entry
+                });
+                return endless(&mut sock, *rate, prefix, content_type).await;
             }
             Some(Fault::Replace { body, content_type }) => {
                 let h = vec![
@@ -455,6 +513,20 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
                 }
                 return Ok(());
             }
+            (Some(Fault::Extend(n)), true) => {
+                data.extend(std::iter::repeat_n(0x5a, *n));
+                sock.write_all(&head_bytes(status, &headers, data.len()))
+                    .await?;
+                sock.write_all(&data).await?;
+                entry.body_bytes = data.len();
+            }
+            (Some(Fault::Cut(n)), true) => {
+                data.truncate(*n);
+                sock.write_all(&head_bytes(status, &headers, data.len()))
+                    .await?;
+                sock.write_all(&data).await?;
+                entry.body_bytes = data.len();
+            }
             (Some(Fault::Trickle(rate)), true) => {
                 sock.write_all(&head_bytes(status, &headers, data.len()))
                     .await?;
@@ -476,6 +548,27 @@ async fn serve_conn(sh: Arc<Shared>, mut sock: TcpStream) -> std::io::Result<()>
         sh.log.lock().unwrap().push(entry);
     }
     Ok(())
+}
+
+/// [`Fault::Endless`]: headers without Content-Length, then `prefix` and
+/// spaces forever at about `rate` bytes per second, until the client goes.
+async fn endless(
+    sock: &mut TcpStream,
+    rate: usize,
+    prefix: &[u8],
+    content_type: &str,
+) -> std::io::Result<()> {
+    let head =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await?;
+    let chunk = (rate / 10).max(1);
+    let pad = vec![b' '; chunk];
+    let mut body = prefix.chunks(chunk);
+    loop {
+        sock.write_all(body.next().unwrap_or(&pad)).await?;
+        sock.flush().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn sha256(b: &[u8]) -> String {

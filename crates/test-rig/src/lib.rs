@@ -11,7 +11,8 @@
 //! * [`TestEnv`]    – one containerd + one registry, with certs.d wired for plain http.
 //! * [`CriImaged`]  – the daemon under test; its config is a typed [`Config`].
 //! * [`FaultProxy`] – an HTTP proxy injecting registry faults (errors, resets,
-//!   truncation, stalls, corruption, slow bodies, redirect loops).
+//!   truncation, stalls, corruption, slow bodies, redirect loops, custom
+//!   answers, longer/shorter bodies, endless bodies, redirects to another host).
 //! * [`Mock`]       – a scripted HTTP server (fake registries, token servers).
 //! * [`FakeSnapshotter`] – a remote (lazy-pull) snapshotter served as a
 //!   containerd proxy plugin, recording every Prepare and its labels.
