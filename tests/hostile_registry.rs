@@ -421,6 +421,8 @@ async fn endless_trickles_end_within_their_bounds() {
     let img = random_image(44, 1, 2 << 10);
     env.push("hostile/slowman", Some("v1"), &img).await;
     env.push("hostile/slowblob", Some("v1"), &img).await;
+    env.push("hostile/slowcfg", Some("v1"), &img).await;
+    env.push("hostile/longcfg", Some("v1"), &img).await;
     let (p, tok) = (
         single_host_proxy(&env, env.registry_addr()),
         single_host_proxy(&env, env.registry_addr()),
@@ -443,6 +445,18 @@ async fn endless_trickles_end_within_their_bounds() {
         endless(10 << 10, &blob, "application/octet-stream"),
         usize::MAX,
     ));
+    // The config: at 5 bytes/s (never whole in time), or past its size at 10 KiB/s.
+    let cfg = img.config_digest.clone();
+    p.add(Rule::new(
+        &format!("/hostile/slowcfg/blobs/{cfg}"),
+        endless(5, b"{", "application/octet-stream"),
+        usize::MAX,
+    ));
+    p.add(Rule::new(
+        &format!("/hostile/longcfg/blobs/{cfg}"),
+        endless(10 << 10, &img.config_bytes, "application/octet-stream"),
+        usize::MAX,
+    ));
     // A token that never ends.
     let realm = format!(
         "Bearer realm=\"http://{}/token/slow\",service=hostile",
@@ -462,20 +476,28 @@ async fn endless_trickles_end_within_their_bounds() {
         format!("{}/hostile/slowblob:v1", p.addr),
         format!("{}/hostile/slowtok:v1", tok.addr),
     );
+    let (slow_cfg, long_cfg) = (
+        format!("{}/hostile/slowcfg:v1", p.addr),
+        format!("{}/hostile/longcfg:v1", p.addr),
+    );
     let t = Instant::now();
-    let (m, b, k) = tokio::join!(
+    let (m, b, k, sc, lc) = tokio::join!(
         pull_fails(&d, &man, None, Code::Unavailable, bound),
         pull_fails(&d, &blob_r, None, Code::DataLoss, bound),
         pull_fails(&d, &token, None, Code::Unavailable, bound),
+        pull_fails(&d, &slow_cfg, None, Code::Unavailable, bound),
+        pull_fails(&d, &long_cfg, None, Code::DataLoss, bound),
     );
+    assert!(sc.contains("did not arrive whole within 30s"), "{sc}");
+    assert!(lc.contains("more than the"), "{lc}");
     println!(
-        "hostile endless trickles: all three ended after {:.1?}",
+        "hostile endless trickles: all five ended after {:.1?}",
         t.elapsed()
     );
     assert!(m.contains("did not arrive whole within 30s"), "{m}");
     assert!(b.contains("more than the"), "{b}");
     assert!(k.contains("did not arrive whole within 30s"), "{k}");
-    for r in [&man, &blob_r, &token] {
+    for r in [&man, &blob_r, &token, &slow_cfg, &long_cfg] {
         assert_no_record(&d, &env.containerd, r).await;
     }
     assert!(

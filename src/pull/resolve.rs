@@ -8,7 +8,7 @@ use futures::StreamExt;
 use super::{PullError, Puller};
 use crate::manifest::{self, Descriptor, ManifestError, MAX_DOCUMENT_BYTES};
 use crate::reference::Reference;
-use crate::registry::PullAuth;
+use crate::registry::{PullAuth, RegistryError};
 use crate::select::{self, BlobSource, Doc, Selected};
 
 /// One repository of one registry, read with the pull's credentials.
@@ -108,14 +108,37 @@ impl BlobSource for RegistrySource<'_> {
             .registries
             .get_blob(self.domain, self.repo, &desc.digest, 0, self.auth)
             .await?;
-        let mut out = Vec::with_capacity(desc.size.max(0) as usize);
+        let want = desc.size.max(0) as usize;
+        let mut out = Vec::with_capacity(want);
         let mut s = blob.stream;
-        while let Some(chunk) = s.next().await {
+        // Whole within the documents' deadline, and never past its declared
+        // size: an endless or trickling body ends here.
+        let deadline = tokio::time::Instant::now() + crate::registry::DOCUMENT_DEADLINE;
+        loop {
+            let next = tokio::time::timeout_at(deadline, s.next()).await;
+            let Ok(next) = next else {
+                return Err(RegistryError::Unavailable(format!(
+                    "config {} from {}/{} did not arrive whole within {} ({} of {want} bytes received)",
+                    desc.digest,
+                    self.domain,
+                    self.repo,
+                    humantime::format_duration(crate::registry::DOCUMENT_DEADLINE),
+                    out.len()
+                ))
+                .into());
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk?;
             self.puller.metrics.bytes_fetched.inc_by(chunk.len() as u64);
             out.extend_from_slice(&chunk);
             if out.len() as u64 > MAX_DOCUMENT_BYTES {
                 return Err(too_large(out.len() as u64).into());
+            }
+            if out.len() > want {
+                return Err(PullError::DigestMismatch(format!(
+                    "config {} from {}/{}: the registry sent more than the {want} bytes the manifest declares",
+                    desc.digest, self.domain, self.repo
+                )));
             }
         }
         let got = manifest::sha256_digest(&out);

@@ -23,7 +23,8 @@ use crate::manifest::{self, MAX_DOCUMENT_BYTES};
 pub use auth::PullAuth;
 pub use hosts::HostEndpoint;
 
-use client::{error_chain, read_limited, BodyError, Target, Transport, DOCUMENT_DEADLINE};
+pub(crate) use client::DOCUMENT_DEADLINE;
+use client::{error_chain, read_limited, BodyError, Target, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
