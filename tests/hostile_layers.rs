@@ -70,17 +70,33 @@ async fn assert_nothing_left(d: &CriImaged, cd: &Containerd, r: &str, spool: &Pa
         !cd.image_names().iter().any(|n| n == r),
         "{r} in containerd"
     );
-    let snaps = cd.ctr_ok(&["snapshots", "--snapshotter", &cd.snapshotter, "ls"]);
-    let active: Vec<_> = snaps.lines().filter(|l| l.ends_with("Active")).collect();
-    assert!(active.is_empty(), "snapshots left: {active:?}");
+    // The unfinished snapshot and staging directories go right after the
+    // error is answered (in the background): a few seconds at most.
+    let active = || {
+        let snaps = cd.ctr_ok(&["snapshots", "--snapshotter", &cd.snapshotter, "ls"]);
+        let v: Vec<String> = snaps
+            .lines()
+            .filter(|l| l.ends_with("Active"))
+            .map(String::from)
+            .collect();
+        v
+    };
     let staging = cd
         .root
         .join(format!("io.containerd.snapshotter.v1.{}", cd.snapshotter))
         .join("cri-imaged-staging");
-    let staged: Vec<_> = std::fs::read_dir(&staging)
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    assert!(staged.is_empty(), "staging left: {staged:?}");
+    let staged = || {
+        let v: Vec<PathBuf> = std::fs::read_dir(&staging)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v
+    };
+    wait_for(
+        || active().is_empty() && staged().is_empty(),
+        Duration::from_secs(15),
+    );
+    assert!(active().is_empty(), "snapshots left: {:?}", active());
+    assert!(staged().is_empty(), "staging left: {:?}", staged());
     let spooled: Vec<_> = std::fs::read_dir(spool)
         .unwrap()
         .map(|e| e.unwrap().path())

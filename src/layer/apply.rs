@@ -201,7 +201,9 @@ struct Applier {
     parents: Vec<OwnedFd>,
     whiteouts: Whiteouts,
     /// Cleaned relative paths written by this layer (for opaque removal).
-    unpacked: HashSet<Vec<u8>>,
+    /// (128 bits of their SHA-256: 16 bytes an entry however long the name,
+    /// and no name can be made to collide with another.)
+    unpacked: HashSet<u128>,
     opaque_done: HashSet<Vec<u8>>,
     /// Directory entries whose times are set once everything is written.
     dirs: Vec<(Vec<u8>, Timestamps)>,
@@ -444,7 +446,7 @@ impl Applier {
         }
         // Only opaque removal reads it (a base layer): kept nowhere else.
         if self.whiteouts == Whiteouts::Remove {
-            self.unpacked.insert(rel);
+            self.unpacked.insert(path_key(&rel));
         }
         Ok(())
     }
@@ -872,7 +874,7 @@ impl Applier {
             } else {
                 [rel, b"/", name.as_bytes()].concat()
             };
-            if self.unpacked.contains(&child) {
+            if self.unpacked.contains(&path_key(&child)) {
                 if let Ok(sub) = rfs::openat(
                     dir,
                     &name,
@@ -1010,6 +1012,13 @@ impl Applier {
     }
 }
 
+/// A layer path's key in the set of paths a layer wrote.
+fn path_key(rel: &[u8]) -> u128 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(rel);
+    u128::from_le_bytes(h[..16].try_into().expect("16 of 32 bytes"))
+}
+
 #[cfg(test)]
 thread_local! {
     /// Called right after each entry's name is created (tests swap it for
@@ -1067,6 +1076,21 @@ fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
         }
     }
     Ok(out)
+}
+
+/// Remove everything in the directory `path` (not the directory itself),
+/// following no symlink: what a failed layer wrote.
+pub fn empty_dir(path: &Path) -> io::Result<()> {
+    let fd = rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_io)?;
+    for name in list_dir(fd.as_fd())? {
+        remove_all(fd.as_fd(), name.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// `rm -rf <dir>/<name>` without following any symlink (containerd's

@@ -9,7 +9,7 @@
 mod apply;
 mod decode;
 
-pub use apply::{apply_tar, ApplyOptions, ApplyStats, Whiteouts};
+pub use apply::{apply_tar, empty_dir, ApplyOptions, ApplyStats, Whiteouts};
 pub use decode::{decode, Check, ChunkPool, Compression, Decoded, DecodedReader};
 pub use limits::{Budget, Limits};
 

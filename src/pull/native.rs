@@ -173,6 +173,7 @@ pub(super) async fn apply_native(
     } = d;
     let flag = cancel.0.clone();
     let digest = layer.digest.clone();
+    let upper = t.upper.clone();
     let applier = tokio::task::spawn_blocking(move || {
         layer::apply_tar(
             &t.upper,
@@ -190,6 +191,15 @@ pub(super) async fn apply_native(
     let (decoded, applied) = futures::future::join(task, applier).await;
     let joined = |e: tokio::task::JoinError| PullError::Internal(format!("unpack thread: {e}"));
     let (decoded, applied) = (decoded.map_err(joined)?, applied.map_err(joined)?);
+    if decoded.is_err() || applied.is_err() {
+        // The snapshot goes, but containerd may free its directory only at
+        // a later collection: what was written goes now (in the background).
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = layer::empty_dir(&upper) {
+                tracing::debug!(dir = %upper.display(), error = %e, "could not empty a failed layer's directory");
+            }
+        });
+    }
     if decoded.is_err() || applied.is_err() {
         // A failed download fails its reader: the download's error is the cause.
         if let Some(e) = spool.failure() {
