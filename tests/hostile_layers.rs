@@ -313,7 +313,9 @@ async fn malformed_layers_are_invalid_argument() {
     let long = format!("dir/{}", "n".repeat(300));
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
-    (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o644);
     h.set_size(4);
@@ -321,7 +323,9 @@ async fn malformed_layers_are_invalid_argument() {
     let long_name = Layer::from_tar(b.into_inner().unwrap());
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
-    (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(0);
     b.append_pax_extensions([("path", &b"a/.wh.."[..])])

@@ -113,3 +113,40 @@ async fn python_grpcio_client_all_rpcs() {
     );
     assert!(out.contains("python client: all checks passed"), "{out}");
 }
+
+/// A hostile layer's error as kubelet's gRPC stack (grpc-go) receives it:
+/// the code and the message naming the layer and the limit to raise.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_go_client_sees_a_layer_limit() {
+    let dir = clients_dir();
+    let env = TestEnv::start();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..30).map(|i| (format!("f{i}"), vec![b'x'; 10])).collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), &b[..])).collect();
+    let img = ImageBuilder::new()
+        .layer(Layer::from_files(&refs), Compression::Gzip)
+        .build();
+    env.push("real/wide", Some("v1"), &img).await;
+    let d = cri_imaged!()
+        .config(|c| c.limits.layer_max_entries = 20)
+        .start(&env.containerd);
+    d.wait_synced().await;
+    let out = Command::new(dir.join("cri-goclient"))
+        .arg("-endpoint")
+        .arg(format!("unix://{}", d.socket.display()))
+        .arg("-pull")
+        .arg(env.image_ref("real/wide", "v1"))
+        .output()
+        .expect("run the Go client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("code = ResourceExhausted"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "layer {}: the layer holds more than 20 entries (limits.layer_max_entries)",
+            img.blobs[0].0
+        )),
+        "{text}"
+    );
+}

@@ -1019,11 +1019,15 @@ fn path_key(rel: &[u8]) -> u128 {
     u128::from_le_bytes(h[..16].try_into().expect("16 of 32 bytes"))
 }
 
+/// A test's hook on each entry's name right after it is created.
+#[cfg(test)]
+type CreatedHook = Box<dyn Fn(BorrowedFd<'_>, &[u8])>;
+
 #[cfg(test)]
 thread_local! {
     /// Called right after each entry's name is created (tests swap it for
     /// a symlink there, as a concurrent process could).
-    static AFTER_CREATE: std::cell::RefCell<Option<Box<dyn Fn(BorrowedFd<'_>, &[u8])>>> =
+    static AFTER_CREATE: std::cell::RefCell<Option<CreatedHook>> =
         const { std::cell::RefCell::new(None) };
 }
 

@@ -74,14 +74,17 @@ const CHUNK: usize = 1 << 20;
 /// `digest`/`size`; the caller checks the diff ID against the config.
 pub fn decode(
     input: impl Read,
-    digest: &str,
-    check: Check,
-    size: u64,
+    blob: Blob<'_>,
     out: SyncSender<Vec<u8>>,
     cancel: &AtomicBool,
     pool: &ChunkPool,
     budget: &Budget,
 ) -> Result<Decoded, LayerError> {
+    let Blob {
+        digest,
+        size,
+        check,
+    } = blob;
     let mut compressed = BufReader::with_capacity(
         256 << 10,
         Hashing {
@@ -158,6 +161,15 @@ pub fn decode(
         diff_id: hex(diff),
         diff_size,
     })
+}
+
+/// The blob [`decode`] reads: its digest and size (from the manifest), and
+/// what of them it checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Blob<'a> {
+    pub digest: &'a str,
+    pub size: u64,
+    pub check: Check,
 }
 
 /// What [`decode`] checks of the compressed bytes.

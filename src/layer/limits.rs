@@ -202,10 +202,12 @@ mod tests {
         let budget = Budget::new(&l, blob.len() as u64, Budget::for_pull(&l));
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let pool = crate::layer::ChunkPool::default();
-        let check = crate::layer::Check::Digest;
-        let size = blob.len() as u64;
-        let e = crate::layer::decode(&blob[..], &digest, check, size, tx, &cancel, &pool, &budget)
-            .unwrap_err();
+        let b = crate::layer::Blob {
+            digest: &digest,
+            size: blob.len() as u64,
+            check: crate::layer::Check::Digest,
+        };
+        let e = crate::layer::decode(&blob[..], b, tx, &cancel, &pool, &budget).unwrap_err();
         let passed = drain.join().unwrap();
         assert!(
             matches!(

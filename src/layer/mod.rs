@@ -10,7 +10,7 @@ mod apply;
 mod decode;
 
 pub use apply::{apply_tar, empty_dir, ApplyOptions, ApplyStats, Whiteouts};
-pub use decode::{decode, Check, ChunkPool, Compression, Decoded, DecodedReader};
+pub use decode::{decode, Blob, Check, ChunkPool, Compression, Decoded, DecodedReader};
 pub use limits::{Budget, Limits};
 
 mod limits;

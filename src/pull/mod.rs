@@ -65,6 +65,19 @@ pub struct PullConfig {
     pub limits: crate::layer::Limits,
 }
 
+/// A failed pull no retry can resume: its lease goes once its unfinished
+/// snapshots are removed, and containerd collects what it wrote at once
+/// (while the caller hears the error).
+fn give_back(ctx: &PullCtx, lease: Lease) {
+    let removals = std::mem::take(&mut *ctx.removals.lock());
+    tokio::spawn(async move {
+        for r in removals {
+            let _ = r.await;
+        }
+        lease.release_and_collect().await
+    });
+}
+
 /// What a pull did.
 #[derive(Debug, Clone, Default)]
 pub struct PullReport {
@@ -493,16 +506,8 @@ impl Puller {
         let layers = match fetched {
             Ok(l) => l,
             Err(e) if e.nothing_to_resume() => {
-                // A retry cannot resume this one: give the space back now
-                // (containerd collects while the caller hears the error).
                 drop(documents);
-                let removals = std::mem::take(&mut *ctx.removals.lock());
-                tokio::spawn(async move {
-                    for r in removals {
-                        let _ = r.await;
-                    }
-                    lease.release_and_collect().await
-                });
+                give_back(&ctx, lease);
                 return Err(e);
             }
             Err(e) => return Err(e),

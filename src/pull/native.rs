@@ -56,17 +56,12 @@ pub(super) fn start_decoder(
     let spool2 = spool.clone();
     let task = tokio::task::spawn_blocking(move || {
         // The spool ends only once the download matched the digest.
-        let check = layer::Check::SizeOnly;
-        let r = layer::decode(
-            spool.reader(),
-            &digest,
-            check,
+        let blob = layer::Blob {
+            digest: &digest,
             size,
-            tx,
-            &flag,
-            &pool2,
-            &budget,
-        );
+            check: layer::Check::SizeOnly,
+        };
+        let r = layer::decode(spool.reader(), blob, tx, &flag, &pool2, &budget);
         r.map_err(|e| named(&digest, e))
     });
     Decoding {

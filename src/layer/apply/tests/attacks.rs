@@ -600,7 +600,7 @@ fn swap_loop(root: &Path, outside: &Path, stop: &AtomicBool, round: u64) -> u64 
         let k = (i >> 33) % 400;
         let tmp = root.join(format!(".swap{}", n % 8));
         let _ = std::fs::remove_file(&tmp);
-        let target = if n % 2 == 0 {
+        let target = if n.is_multiple_of(2) {
             outside.join("secret")
         } else {
             outside.to_path_buf()
