@@ -20,16 +20,18 @@ trap 'rm -rf "$LOG" "$MATRIX"' EXIT
 cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$LOG" "$MATRIX/1.6"
 # The containerd matrix: the tests that exercise containerd (pull, records and
 # labels, interop with its own CRI, events and resync, restart, GC labels,
-# leases, crash and resume, ImageFsInfo, remove races) also on 1.7 and 2.1,
+# leases, crash and resume, ImageFsInfo, remove races, hostile layers and the
+# space they give back) also on 1.7 and 2.1,
 # fetched by scripts/containerd-versions.sh. The rest (parsers, registry
 # client, config, metrics) does not depend on containerd's version.
 CORE=(--test pull --test pull_basic --test pull_options --test rpc --test faults
       --test resolver --test interop_records --test platform_e2e --test real_clients
-      --test unpack_differential --test remote_snapshotter)
+      --test unpack_differential --test remote_snapshotter --test hostile_layers)
 for v in ${CONTAINERD_MATRIX:-1.7 2.1}; do
   echo "== containerd $v: the containerd-facing tests"
   bash scripts/containerd-versions.sh path "$v" >/dev/null
-  CRI_IMAGED_CONTAINERD="$v" cargo test --locked "${CORE[@]}" -- --test-threads="${TEST_THREADS:-2}" 2>&1 |
+  # (The million-entry layer once, on 1.6: it is the writer's limit, not containerd's.)
+  CRI_IMAGED_CONTAINERD="$v" cargo test --locked "${CORE[@]}" -- --test-threads="${TEST_THREADS:-2}" --skip a_million 2>&1 |
     tee -a "$LOG" "$MATRIX/$v"
 done
 echo "== containerd matrix (passed per test file)"
