@@ -11,7 +11,7 @@
 #   --seconds N  fuzz each target N seconds (default 60)
 #   --execs N    stop a target after about N executions (AFL -E), whichever first
 #   --cmin       afterwards, minimise corpus + queue into fuzz/corpus/<target>/
-#                (cargo afl cmin; the files are named <target>-<sha1 prefix>)
+#                (cargo afl cmin; new inputs are named <target>-<sha1 prefix>)
 #   --nice       run the fuzzers under nice -n 10
 #   target       default: all of them (fuzz/src/lib.rs TARGETS)
 #
@@ -56,6 +56,11 @@ for t in "${targets[@]}"; do
   echo "== fuzz $t: ${SECONDS_EACH}s${EXECS:+ or $EXECS executions}" >&2
   "${NICE[@]}" cargo afl fuzz "${args[@]}" -- "$BIN/$t" >"$REPO/fuzz/out/$t.log" 2>&1 || {
     echo "fuzz.sh: afl-fuzz failed for $t:" >&2; tail -20 "$REPO/fuzz/out/$t.log" >&2; exit 1; }
+  # The layer writer's directories (/dev/shm/cri-imaged-fuzz-<fork server pid>)
+  # of fork servers that are gone.
+  for d in "${CRI_IMAGED_FUZZ_DIR:-/dev/shm}"/cri-imaged-fuzz-*; do
+    [ -d "$d" ] && ! kill -0 "${d##*-}" 2>/dev/null && rm -rf "$d"
+  done
   s="$out/default/fuzzer_stats"
   crashes="$(stat "$s" saved_crashes)" hangs="$(stat "$s" saved_hangs)"
   [ "$crashes" = 0 ] && [ "$hangs" = 0 ] || bad=1
@@ -67,8 +72,11 @@ for t in "${targets[@]}"; do
     cp "$REPO/fuzz/corpus/$t"/* "$out"/default/queue/* "$all"/ 2>/dev/null || true
     cargo afl cmin -i "$all" -o "$min" ${EXTRA_CMIN:-} -- "$BIN/$t" >"$REPO/fuzz/out/$t.cmin.log" 2>&1
     rm -f "$REPO/fuzz/corpus/$t"/*
-    for f in "$min"/*; do
-      cp "$f" "$REPO/fuzz/corpus/$t/$t-$(sha1sum "$f" | cut -c1-12)"
+    for f in "$min"/*; do  # seeds keep their names, AFL's queue entries get stable ones
+      case "$(basename "$f")" in
+        id:*) cp "$f" "$REPO/fuzz/corpus/$t/$t-$(sha1sum "$f" | cut -c1-12)" ;;
+        *) cp "$f" "$REPO/fuzz/corpus/$t/" ;;
+      esac
     done
     echo "cmin $t: $(ls "$all" | wc -l) -> $(ls "$min" | wc -l) inputs" >&2
     rm -rf "$all" "$min"
