@@ -9,13 +9,15 @@
 #                                    skopeo, promtool, htpasswd, the Go and Python
 #                                    gRPC client toolchains, busybox-static, and
 #                                    everything --image installs
+#   scripts/install-deps.sh --fuzz   what scripts/fuzz.sh needs: cargo-afl and
+#                                    the AFL++ it builds (make, cc)
 #
 # Packages are installed without starting their services (a temporary
 # policy-rc.d denies every start), so nothing on the machine is started,
 # stopped or killed by this script.
 set -euo pipefail
-TEST=0 IMAGE=0
-case "${1:-}" in --test) TEST=1 IMAGE=1 ;; --image) IMAGE=1 ;; esac
+TEST=0 IMAGE=0 FUZZ=0
+case "${1:-}" in --test) TEST=1 IMAGE=1 ;; --image) IMAGE=1 ;; --fuzz) FUZZ=1 ;; esac
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -29,6 +31,10 @@ if [ "$IMAGE" = 1 ]; then
   have mmdebstrap || need+=(mmdebstrap)
   have objcopy    || need+=(binutils)
   have runc       || need+=(runc)
+fi
+if [ "$FUZZ" = 1 ]; then
+  # cargo-afl builds AFL++ from its bundled sources with make and cc.
+  have make || need+=(make)
 fi
 if [ "$TEST" = 1 ]; then
   # scripts/build-real-images.sh (the real-image corpus of the differential test)
@@ -70,3 +76,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 have cargo || { echo "install-deps: cargo is missing: install Rust with rustup first" >&2; exit 1; }
+# scripts/fuzz.sh: cargo-afl (coverage-guided fuzzing on stable Rust) and the
+# AFL++ it builds once per rustc version (under ~/.local/share/afl.rs).
+if [ "$FUZZ" = 1 ]; then
+  have cargo-afl || cargo install --locked cargo-afl@0.18.2
+  out="$(cargo afl config --build 2>&1)" || grep -q "already built" <<<"$out" ||
+    { echo "$out" >&2; echo "install-deps: building AFL++ failed" >&2; exit 1; }
+fi

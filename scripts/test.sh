@@ -45,6 +45,10 @@ CRI_IMAGED_BIN=target/debug/cri-imaged bash tests/chart.sh
 CRI_IMAGED_BIN=target/debug/cri-imaged bash tests/image.sh
 # Smoke-sized side-by-side benchmark (debug build), so the harness cannot rot.
 CRI_IMAGED_BIN=target/debug/cri-imaged cargo test --locked --bench compare -- --smoke --out target/bench-smoke.md
+# Coverage-guided fuzzing (cargo-afl), opt-in: installing and building the
+# instrumented targets takes ~9 min; cargo test above replays every corpus file.
+[ -z "${CRI_IMAGED_FUZZ_SECONDS:-}" ] ||
+  { bash scripts/install-deps.sh --fuzz && bash scripts/fuzz.sh --seconds "$CRI_IMAGED_FUZZ_SECONDS"; }
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$LOG"

@@ -21,3 +21,10 @@ pub mod select;
 pub mod server;
 mod store;
 mod systemd;
+
+/// Entry points for the fuzz targets (fuzz/) into otherwise private modules.
+#[doc(hidden)]
+pub mod fuzz_hooks {
+    pub use crate::cri::fuzz_request as cri_request;
+    pub use crate::platform::{select as platform_select, Matcher, Platform};
+}

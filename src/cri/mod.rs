@@ -95,6 +95,72 @@ pub(crate) fn image_of(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
     Ok(image)
 }
 
+/// For the fuzz targets (fuzz/): one request's protobuf bytes through what
+/// the handlers run before the store, containerd or a registry: the prost
+/// decode of RPC `rpc` (0 ListImages, 1 ImageStatus, 2 PullImage,
+/// 3 RemoveImage, 4 ImageFsInfo), `image_of`, the image string's resolution
+/// over a two-image index whose IDs share a prefix, and for PullImage the
+/// reference and the credentials as `Puller::pull` checks them. Every
+/// rejection is an error (a `Status` for the caller), never a panic.
+#[doc(hidden)]
+pub fn fuzz_request(rpc: u8, bytes: &[u8]) -> Result<(), Status> {
+    use prost::Message;
+    fn decode<M: Message + Default>(b: &[u8]) -> Result<M, Status> {
+        M::decode(b).map_err(|e| Status::internal(e.to_string()))
+    }
+    const IDS: [&str; 2] = [
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b856",
+    ];
+    let resolve = |image: &str| {
+        crate::store::resolve::resolve(
+            image,
+            |name| (name == "docker.io/library/busybox:latest").then(|| IDS[0].to_string()),
+            |prefix| {
+                IDS.iter()
+                    .filter(|id| id.starts_with(prefix))
+                    .map(|id| id.to_string())
+                    .collect()
+            },
+        )
+        .map_err(|e| error::resolve(&e))
+    };
+    match rpc % 5 {
+        0 => {
+            let req: cri::ListImagesRequest = decode(bytes)?;
+            if let Some(q) = req.filter.and_then(|f| f.image).map(|s| s.image) {
+                if !q.is_empty() {
+                    let spec = cri::ImageSpec {
+                        image: q,
+                        ..Default::default()
+                    };
+                    resolve(image_of(Some(&spec))?)?;
+                }
+            }
+        }
+        1 => {
+            let req: cri::ImageStatusRequest = decode(bytes)?;
+            resolve(image_of(req.image.as_ref())?)?;
+        }
+        2 => {
+            let req: cri::PullImageRequest = decode(bytes)?;
+            let image = image_of(req.image.as_ref())?.to_string();
+            let auth = pull_image::auth_of(req.auth);
+            crate::reference::Reference::parse_normalized(&image)
+                .map_err(|e| error::reference(&e))?;
+            auth.normalized().map_err(|e| error::registry(&e))?;
+        }
+        3 => {
+            let req: cri::RemoveImageRequest = decode(bytes)?;
+            resolve(image_of(req.image.as_ref())?)?;
+        }
+        _ => {
+            let _: cri::ImageFsInfoRequest = decode(bytes)?;
+        }
+    }
+    Ok(())
+}
+
 impl ImageService {
     async fn observe<T>(
         &self,

@@ -159,13 +159,13 @@ fn status_retryable(s: StatusCode) -> bool {
 }
 
 #[derive(Deserialize)]
-struct TokenResponse {
+pub(super) struct TokenResponse {
     #[serde(default)]
-    token: String,
+    pub(super) token: String,
     #[serde(default)]
-    access_token: String,
+    pub(super) access_token: String,
     #[serde(default)]
-    expires_in: Option<u64>,
+    pub(super) expires_in: Option<u64>,
 }
 
 impl Transport {

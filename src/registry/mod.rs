@@ -67,6 +67,27 @@ pub fn fuzz_www_authenticate(header: &str) -> Vec<(String, Vec<(String, String)>
         .collect()
 }
 
+/// The token server's JSON answer as `token()` reads it, for the fuzz targets
+/// (fuzz/): (the token, `expires_in`), `token` winning over `access_token`.
+#[doc(hidden)]
+pub fn fuzz_token_response(body: &[u8]) -> Result<(String, Option<u64>), String> {
+    let tr: client::TokenResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let tok = if !tr.token.is_empty() {
+        tr.token
+    } else {
+        tr.access_token
+    };
+    Ok((tok, tr.expires_in))
+}
+
+/// One `hosts.toml` text for `domain`, for the fuzz targets (fuzz/): the
+/// parser `Registries::hosts` runs, without the file system.
+#[doc(hidden)]
+pub fn fuzz_hosts_toml(text: &str, domain: &str) -> Result<Vec<HostEndpoint>, RegistryError> {
+    let dir = std::path::Path::new("/etc/containerd/certs.d").join(domain);
+    hosts::parse_hosts_toml(text, &dir.join("hosts.toml"), &dir, domain)
+}
+
 /// A manifest (or index) exactly as served.
 #[derive(Debug, Clone)]
 pub struct Manifest {

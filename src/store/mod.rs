@@ -4,7 +4,7 @@
 //! containerd.
 
 pub mod inspect;
-mod resolve;
+pub(crate) mod resolve;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
