@@ -241,15 +241,14 @@ impl Env {
         std::thread::scope(|scope| {
             let cancel = &cancel;
             let decoder = scope.spawn(move || {
-                layer::decode(
-                    blob,
-                    "sha256:fuzz",
-                    Check::SizeOnly,
-                    blob.len() as u64,
-                    tx,
-                    cancel,
-                    &pool,
-                )
+                let b = layer::Blob {
+                    digest: "sha256:fuzz",
+                    size: blob.len() as u64,
+                    check: Check::SizeOnly,
+                };
+                // The byte limit's own path (a bomb stops here), then the cap.
+                let budget = layer::Budget::layer_only(MAX_TAR);
+                layer::decode(blob, b, tx, cancel, &pool, &budget)
             });
             let reader = DecodedReader::new(rx, self.pool.clone()).take(MAX_TAR);
             let opts = ApplyOptions {
@@ -257,6 +256,12 @@ impl Env {
                 lower_fds: &[],
                 parents: &parents,
                 cancel: None,
+                // Small enough that inputs reach the entry and header limits.
+                limits: layer::Limits {
+                    layer_max_entries: 20_000,
+                    layer_max_header_bytes: 256 << 10,
+                    ..layer::Limits::default()
+                },
             };
             let applied = layer::apply_tar(&self.root, reader, &opts);
             let decoded = match decoder.join() {

@@ -15,8 +15,11 @@ use cri_imaged::manifest;
 use cri_imaged::reference::{self, Reference};
 use cri_imaged::registry;
 
+/// A target: one input, panics on a broken invariant.
+pub type Target = fn(&[u8]);
+
 /// Every target by its corpus directory name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("layer_writer", layer_writer),
     ("reference", reference),
     ("digest", digest),
@@ -62,10 +65,8 @@ pub fn reference(data: &[u8]) {
         let _ = r.try_with_digest(s);
     }
     let _ = Reference::parse(s);
-    if let Ok(q) = reference::parse_image_query(s) {
-        if let reference::ImageQuery::Id(id) = &q {
-            assert!(reference::is_valid_digest(id), "{s:?}: id {id:?}");
-        }
+    if let Ok(reference::ImageQuery::Id(id)) = reference::parse_image_query(s) {
+        assert!(reference::is_valid_digest(&id), "{s:?}: id {id:?}");
     }
 }
 
